@@ -1,0 +1,26 @@
+import os
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from cfgedu.gmm import GaussianMixture  # noqa: E402
+from cfgedu.tensors import make_generator  # noqa: E402
+
+
+@pytest.fixture
+def generator():
+    return make_generator(0)
+
+
+@pytest.fixture
+def toy():
+    return GaussianMixture.three_gaussians()
+
+
+@pytest.fixture
+def anisotropic():
+    """Three components with full, distinct covariances and unequal weights."""
+    covariances = torch.tensor([[[0.5, 0.2], [0.2, 0.3]], [[0.2, -0.1], [-0.1, 0.6]], [[0.3, 0.0], [0.0, 0.1]]])
+    return GaussianMixture([0.5, 0.3, 0.2], [[0.0, 1.0], [-1.0, -0.5], [1.2, -0.3]], covariances)
