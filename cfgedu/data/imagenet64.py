@@ -1,0 +1,426 @@
+"""ImageNet 64x64: the official downsampled batches or a raw ImageNet folder, converted once to
+memory-mapped uint8 arrays, and a DataSource over them for cfgedu.training.train (SPEC 7.4).
+
+Prepared folder layout (what `python -m cfgedu prepare-imagenet64` writes):
+    DIR/train_images.npy  uint8 (N, 3, 64, 64), channels R, G, B; numpy.load(..., mmap_mode="r")
+    DIR/train_labels.npy  int64 (N,) in 0..num_classes-1
+    DIR/val_images.npy, DIR/val_labels.npy  the same for the validation split (when the source has one)
+    DIR/manifest.json     source, resize method, label order, class count and split sizes
+
+Label order. The official batches number classes 1..1000 in map_clsloc.txt order (ILSVRC2015
+CLS-LOC: n02119789 = 1, n02100735 = 2, ...); we store label - 1 ("map_clsloc" order). ADM, EDM and
+torchvision's ImageFolder use the sorted WordNet-id order instead ("sorted_wnid"): pass a
+map_clsloc.txt to remap. A raw folder is always labelled by its sorted sub-folder names.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import pickle
+import shutil
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..checks import check_choice, check_positive_int
+from ..io import _atomic_write, atomic_write_json
+from ..tensors import make_generator
+
+IMAGE_SIZE = 64
+ROW_BYTES = 3 * IMAGE_SIZE * IMAGE_SIZE  # 12,288: one channel-planar R, G, B row of the official files
+RESIZE_METHODS = ("box", "center-crop")
+LABEL_ORDERS = ("map_clsloc", "sorted_wnid")
+IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
+MANIFEST_FORMAT = "cfgedu-imagenet64"
+
+# ---------------------------------------------------------------------------------------------
+# Restricted unpickling of the official batches.
+# ---------------------------------------------------------------------------------------------
+
+# The only globals a pickled dict of numpy arrays, lists, ints and strings refers to: numpy's
+# array/dtype/scalar reconstructors (under numpy 1 and numpy 2 module names) and, in protocol-2
+# pickles written by Python 3, bytes rebuilt through _codecs.encode.
+_ALLOWED_GLOBALS = {
+    (module, name)
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+    for name in ("_reconstruct", "scalar")
+} | {(module, "_frombuffer") for module in ("numpy.core.numeric", "numpy._core.numeric")} | {
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+}
+
+
+class UnsafePickleError(pickle.UnpicklingError):
+    """A pickle asked for something other than numpy arrays and builtin containers."""
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Resolves only the globals in _ALLOWED_GLOBALS; anything else is refused before it can be called."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _ALLOWED_GLOBALS:
+            raise UnsafePickleError(f"refusing to load {module}.{name}: only numpy arrays, lists, ints and "
+                                    f"strings are allowed in a downsampled-ImageNet batch")
+        return super().find_class(module, name)
+
+    def persistent_load(self, pid):
+        raise UnsafePickleError("refusing a persistent reference: not a downsampled-ImageNet batch")
+
+
+def restricted_load(data: bytes):
+    """Unpickle `data` allowing only numpy arrays/dtypes/scalars and builtin containers, ints and strings."""
+    # latin1 reads numpy arrays pickled by Python 2 as well as Python 3 pickles.
+    return _RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
+
+
+def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One official batch file -> (images uint8 (N, 3, 64, 64) RGB, labels int64 (N,) in 0..999, map_clsloc order)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no downsampled-ImageNet batch at {path}")
+    try:
+        record = restricted_load(path.read_bytes())
+    except UnsafePickleError as error:
+        raise ValueError(f"{path}: {error}") from None
+    except Exception as error:  # truncated or corrupted: EOFError, UnpicklingError, ValueError, ...
+        raise ValueError(f"{path} is not a readable downsampled-ImageNet batch (truncated or corrupted? "
+                         f"{type(error).__name__}: {error})") from None
+    return _batch_arrays(record, path)
+
+
+def _batch_arrays(record, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Check the dict {data, labels[, mean]} and return (images, labels - 1)."""
+    if not isinstance(record, dict) or not {"data", "labels"} <= record.keys():
+        raise ValueError(f"{path} is not a downsampled-ImageNet batch: expected a dict with keys data, labels")
+    data = record["data"]
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != ROW_BYTES:
+        raise ValueError(f"{path}: data must be a uint8 array of rows of {ROW_BYTES} bytes (64x64 RGB); got "
+                         f"{getattr(data, 'dtype', type(data).__name__)} of shape {getattr(data, 'shape', '?')}")
+    labels = np.asarray(record["labels"])
+    if labels.shape != (data.shape[0],) or labels.dtype.kind not in "iu":
+        raise ValueError(f"{path}: expected {data.shape[0]} integer labels, got {labels.dtype} of shape {labels.shape}")
+    if labels.size and (labels.min() < 1 or labels.max() > 1000):
+        raise ValueError(f"{path}: labels must be 1..1000, got {labels.min()}..{labels.max()}")
+    # Rows are channel-planar: all R (row-major), then all G, then all B.
+    return data.reshape(-1, 3, IMAGE_SIZE, IMAGE_SIZE), labels.astype(np.int64) - 1
+
+
+def clsloc_to_sorted_wnid(map_clsloc: Path) -> np.ndarray:
+    """A (1000,) int64 table: label in map_clsloc order (0-based) -> rank of its WNID in sorted order."""
+    wnids = {}
+    for line in Path(map_clsloc).read_text().splitlines():
+        fields = line.split()
+        if len(fields) >= 2:
+            wnids[int(fields[1])] = fields[0]  # "n02119789 1 kit_fox"
+    if sorted(wnids) != list(range(1, 1001)):
+        raise ValueError(f"{map_clsloc} must list 1000 classes numbered 1..1000 ('WNID INDEX NAME' per line)")
+    rank = {wnid: i for i, wnid in enumerate(sorted(wnids.values()))}
+    return np.array([rank[wnids[k]] for k in range(1, 1001)], dtype=np.int64)
+
+
+# ---------------------------------------------------------------------------------------------
+# Raw folders: one sub-folder of images per class.
+# ---------------------------------------------------------------------------------------------
+
+def resize_image(image, method: str = "box"):
+    """A PIL image -> uint8 (3, 64, 64) RGB array.
+
+    box: area-average the whole image to 64x64, aspect ratio not kept (how the downsampled files were made).
+    center-crop: ADM's preprocessing: halve with BOX while the short side is >= 128, BICUBIC so the short
+    side is 64, then crop the centre square.
+    """
+    from PIL import Image
+
+    check_choice("resize", method, RESIZE_METHODS)
+    image = image.convert("RGB")
+    if method == "box":
+        image = image.resize((IMAGE_SIZE, IMAGE_SIZE), resample=Image.BOX)
+    else:
+        while min(image.size) >= 2 * IMAGE_SIZE:
+            image = image.resize((image.width // 2, image.height // 2), resample=Image.BOX)
+        scale = IMAGE_SIZE / min(image.size)
+        image = image.resize((round(image.width * scale), round(image.height * scale)), resample=Image.BICUBIC)
+        left, top = (image.width - IMAGE_SIZE) // 2, (image.height - IMAGE_SIZE) // 2
+        image = image.crop((left, top, left + IMAGE_SIZE, top + IMAGE_SIZE))
+    return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)  # (H, W, 3) -> (3, H, W)
+
+
+def list_class_folder(root: Path) -> tuple[list[str], list[Path], np.ndarray]:
+    """(class names = sorted sub-folders, image paths, labels) of a folder with one sub-folder per class."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"no image folder at {root}")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if not classes:
+        raise ValueError(f"{root} has no class sub-folders (expected one folder of JPEGs per class)")
+    paths, labels = [], []
+    for label, name in enumerate(classes):
+        files = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        paths += files
+        labels += [label] * len(files)
+    if not paths:
+        raise ValueError(f"{root} has class folders but no images ({', '.join(IMAGE_SUFFIXES)})")
+    return classes, paths, np.array(labels, dtype=np.int64)
+
+
+def _read_images(paths: list[Path], method: str) -> np.ndarray:
+    """Decode and resize a list of image files -> uint8 (n, 3, 64, 64)."""
+    from PIL import Image
+
+    out = np.empty((len(paths), 3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
+    for i, path in enumerate(paths):
+        try:
+            with Image.open(path) as image:
+                out[i] = resize_image(image, method)
+        except (OSError, SyntaxError) as error:  # PIL reports truncated or corrupt files this way
+            raise ValueError(f"cannot decode image {path} ({type(error).__name__}: {error})") from None
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Resumable conversion: independent parts, each written atomically, then assembled.
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Part:
+    """One unit of work: a batch file, or a chunk of image files with their labels."""
+
+    name: str
+    batch_file: Path | None = None
+    image_files: tuple[Path, ...] = ()
+    labels: np.ndarray | None = None
+    resize: str = "box"
+
+    def convert(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.batch_file is not None:
+            return read_batch(self.batch_file)
+        return _read_images(list(self.image_files), self.resize), self.labels
+
+
+def _write_part(part: _Part, parts_dir: Path) -> str:
+    images, labels = part.convert()
+    _atomic_write(parts_dir / f"{part.name}.npz", lambda handle: np.savez(handle, images=images, labels=labels))
+    return part.name
+
+
+def _run_parts(parts: list[_Part], parts_dir: Path, workers: int, progress: bool) -> None:
+    """Convert every part not already on disk, in `workers` processes, with a progress bar."""
+    from tqdm.auto import tqdm
+
+    todo = [p for p in parts if not (parts_dir / f"{p.name}.npz").is_file()]
+    bar = tqdm(total=len(parts), initial=len(parts) - len(todo), desc="converting", unit="part", disable=not progress)
+    if workers <= 1:
+        for part in todo:
+            _write_part(part, parts_dir)
+            bar.update()
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            for _ in pool.map(_write_part, todo, [parts_dir] * len(todo)):
+                bar.update()
+    bar.close()
+
+
+def _assemble(parts: list[_Part], parts_dir: Path, out: Path, split: str, label_map: np.ndarray | None) -> int:
+    """Concatenate the parts of one split into DIR/{split}_images.npy and _labels.npy; return N."""
+    loaded = [np.load(parts_dir / f"{p.name}.npz", allow_pickle=False) for p in parts]
+    total = sum(int(part["labels"].shape[0]) for part in loaded)
+    tmp = out / f".{split}_images.npy.tmp"
+    images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(total, 3, IMAGE_SIZE, IMAGE_SIZE))
+    labels, start = [], 0
+    for part in loaded:
+        chunk = part["images"]
+        images[start:start + len(chunk)] = chunk
+        labels.append(part["labels"])
+        start += len(chunk)
+    images.flush()
+    del images
+    tmp.replace(out / f"{split}_images.npy")
+    labels = np.concatenate(labels).astype(np.int64)
+    labels = label_map[labels] if label_map is not None else labels
+    _atomic_write(out / f"{split}_labels.npy", lambda handle: np.save(handle, labels))
+    return total
+
+
+def _check_plan(parts_dir: Path, plan: dict) -> None:
+    """Resume only a conversion of the same source with the same settings."""
+    plan_file = parts_dir / "plan.json"
+    if plan_file.is_file() and json.loads(plan_file.read_text()) != plan:
+        raise ValueError(f"{parts_dir} holds an unfinished conversion with different settings or inputs; "
+                         f"delete that folder to start over, or rerun with the same arguments to resume")
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(plan, plan_file)
+
+
+def _finish(out: Path, splits: dict[str, list[_Part]], parts_dir: Path, manifest: dict,
+            label_map: np.ndarray | None) -> dict:
+    sizes = {split: _assemble(parts, parts_dir, out, split, label_map) for split, parts in splits.items() if parts}
+    manifest = {"format": MANIFEST_FORMAT, "version": 1, "image_shape": [3, IMAGE_SIZE, IMAGE_SIZE],
+                **manifest, "splits": sizes}
+    atomic_write_json(manifest, out / "manifest.json")
+    shutil.rmtree(parts_dir)
+    return manifest
+
+
+def _convert(out: Path, splits: dict[str, list[_Part]], plan: dict, manifest: dict, workers: int,
+             progress: bool, label_map: np.ndarray | None = None) -> dict:
+    out = Path(out)
+    parts_dir = out / ".parts"
+    _check_plan(parts_dir, plan)
+    _run_parts([p for parts in splits.values() for p in parts], parts_dir, workers, progress)
+    return _finish(out, splits, parts_dir, manifest, label_map)
+
+
+def _fingerprint(paths) -> str:
+    return hashlib.sha256("\n".join(str(p) for p in paths).encode()).hexdigest()
+
+
+def convert_pickles(src: Path, out: Path, *, map_clsloc: Path | None = None, workers: int = 1,
+                    progress: bool = True) -> dict:
+    """Official batches in `src` (train_data_batch_1.. and val_data) -> the prepared folder `out`.
+
+    Labels are stored 0..999 in map_clsloc order, or in sorted-WNID order (ADM/torchvision) when
+    `map_clsloc` (the devkit's map_clsloc.txt) is given. Rerunning after an interruption resumes.
+    """
+    src = Path(src)
+    check_positive_int("workers", workers)
+    train = sorted(src.glob("train_data_batch_*"), key=lambda p: int(p.name.rsplit("_", 1)[-1]))
+    if not train:
+        raise FileNotFoundError(f"no train_data_batch_* files under {src}: download Imagenet64_train_part1.zip "
+                                f"and _part2.zip from image-net.org and unzip them there (see data/README.md)")
+    val = [src / "val_data"] if (src / "val_data").is_file() else []
+    splits = {"train": [_Part(f"train-{p.name}", batch_file=p) for p in train],
+              "val": [_Part("val", batch_file=p) for p in val]}
+    label_map = clsloc_to_sorted_wnid(map_clsloc) if map_clsloc is not None else None
+    order = "sorted_wnid" if label_map is not None else "map_clsloc"
+    plan = {"source": "pickles", "files": [str(p) for p in train + val], "label_order": order}
+    manifest = {"source": "pickles", "resize": "box (official files)", "label_order": order, "num_classes": 1000}
+    return _convert(out, splits, plan, manifest, workers, progress, label_map)
+
+
+def _folder_parts(root: Path, split: str, resize: str, chunk: int) -> tuple[list[str], list[_Part], str]:
+    classes, paths, labels = list_class_folder(root)
+    parts = [_Part(f"{split}-{i // chunk:06d}", image_files=tuple(paths[i:i + chunk]), labels=labels[i:i + chunk],
+                   resize=resize) for i in range(0, len(paths), chunk)]
+    return classes, parts, _fingerprint(paths)
+
+
+def convert_folder(src: Path, out: Path, *, resize: str = "box", val_src: Path | None = None, workers: int = 1,
+                   chunk: int = 1000, progress: bool = True) -> dict:
+    """A raw folder (one sub-folder of images per class; labels = sorted folder names) -> `out`.
+
+    `val_src`, if given, is a validation folder with the same class sub-folders. Rerunning resumes.
+    """
+    check_choice("resize", resize, RESIZE_METHODS)
+    check_positive_int("workers", workers)
+    check_positive_int("chunk", chunk)
+    classes, train_parts, train_print = _folder_parts(Path(src), "train", resize, chunk)
+    splits, prints = {"train": train_parts}, [train_print]
+    if val_src is not None:
+        val_classes, splits["val"], val_print = _folder_parts(Path(val_src), "val", resize, chunk)
+        if val_classes != classes:
+            raise ValueError(f"the class folders of {val_src} differ from those of {src}")
+        prints.append(val_print)
+    plan = {"source": "folder", "src": str(src), "resize": resize, "chunk": chunk, "files": prints}
+    manifest = {"source": "folder", "resize": resize, "label_order": "sorted_wnid", "num_classes": len(classes),
+                "classes": classes}
+    return _convert(out, splits, plan, manifest, workers, progress)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the prepared folder.
+# ---------------------------------------------------------------------------------------------
+
+def read_manifest(root: Path) -> dict:
+    """The manifest of a prepared folder, with a clear error when the folder was never prepared."""
+    path = Path(root) / "manifest.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no prepared ImageNet 64x64 at {root} (manifest.json missing): run "
+                                f"`python -m cfgedu prepare-imagenet64 --src PATH --out {root}` (see data/README.md)")
+    manifest = json.loads(path.read_text())
+    if manifest.get("format") != MANIFEST_FORMAT:
+        raise ValueError(f"{path} is not a cfgedu ImageNet 64x64 manifest")
+    return manifest
+
+
+def load_split(root: Path, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8 (N, 3, 64, 64) memory-mapped read-only, labels int64 (N,)) of a prepared split."""
+    manifest = read_manifest(root)
+    if split not in manifest["splits"]:
+        raise ValueError(f"{root} has splits {', '.join(manifest['splits'])}; got split {split!r}")
+    images = np.load(Path(root) / f"{split}_images.npy", mmap_mode="r", allow_pickle=False)
+    labels = np.load(Path(root) / f"{split}_labels.npy", allow_pickle=False)
+    if images.shape[0] != labels.shape[0] or images.shape[0] != manifest["splits"][split]:
+        raise ValueError(f"{root}: {split} images ({images.shape[0]}), labels ({labels.shape[0]}) and manifest "
+                         f"({manifest['splits'][split]}) disagree; prepare the folder again")
+    return images, labels
+
+
+def to_model_range(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 pixels 0..255 -> float32 in [-1, 1] (ADM's data range)."""
+    return torch.as_tensor(np.asarray(images)).float() / 127.5 - 1.0
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """float images in [-1, 1] -> uint8 0..255 (clipped, rounded): what FID/IS and PNGs take."""
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def distinct_draw(n: int, k: int, generator: torch.Generator) -> torch.Tensor:
+    """k distinct indices from 0..n-1: a uniformly random k-subset in random order, in O(k) for k << n.
+
+    Independent draws with repeats dropped are sampling without replacement; randperm (O(n)) only
+    when the set is small.
+    """
+    if n <= 16 * k:
+        return torch.randperm(n, generator=generator)[:k]
+    draws = torch.empty(0, dtype=torch.long)
+    while True:
+        draws = torch.cat([draws, torch.randint(n, (2 * k,), generator=generator)])
+        _, first = np.unique(draws.numpy(), return_index=True)  # first occurrence of each distinct value
+        if len(first) >= k:
+            return draws[np.sort(first)[:k]]
+
+
+class ImageNet64Data:
+    """A DataSource over a prepared split: memory-mapped images in [-1, 1] with random horizontal flips.
+
+    batch(step, micro, rank, world_size, size) draws world_size·size distinct indices, uniformly and
+    without replacement, from a generator seeded by (seed, step, micro) alone, and hands rank r the
+    r-th disjoint slice (the role of DistributedSampler): a pure function, so a resumed run sees the
+    same data and ranks never overlap within a step.
+    """
+
+    def __init__(self, root: Path, split: str = "train", *, flip: bool = True, seed: int = 0):
+        self.images, self.labels = load_split(root, split)
+        self.num_classes = int(read_manifest(root)["num_classes"])
+        self.data_shape = tuple(self.images.shape[1:])
+        self.flip, self.seed = flip, int(seed)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def indices(self, step: int, micro: int, rank: int, world_size: int, size: int) -> tuple[np.ndarray, torch.Tensor]:
+        """(dataset indices (size,), flip mask (size,)) of this rank's micro-batch."""
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in 0..{world_size - 1}, got {rank}")
+        total = world_size * size
+        if total > len(self):
+            raise ValueError(f"a global micro-batch of {total} exceeds the {len(self)} images in the split")
+        key = hashlib.sha256(f"{self.seed},{step},{micro}".encode()).digest()
+        generator = make_generator(int.from_bytes(key[:8], "little") >> 1)
+        chosen = distinct_draw(len(self), total, generator)  # (world·size,) the same on every rank
+        flips = torch.rand(total, generator=generator) < 0.5
+        shard = slice(rank * size, (rank + 1) * size)
+        return chosen[shard].numpy(), flips[shard] & self.flip
+
+    def batch(self, step: int, micro: int, rank: int, world_size: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        index, flips = self.indices(step, micro, rank, world_size, size)
+        order = np.argsort(index)  # read the memory map in file order, then restore the drawn order
+        pixels = np.empty((size, *self.data_shape), dtype=np.uint8)
+        pixels[order] = self.images[index[order]]
+        x = to_model_range(pixels)  # (size, 3, 64, 64)
+        x = torch.where(flips[:, None, None, None], x.flip(-1), x)
+        return x, torch.as_tensor(self.labels[index])

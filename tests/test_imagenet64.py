@@ -1,0 +1,220 @@
+"""ImageNet 64x64 data: the official pickle format, the restricted unpickler, raw folders, the DataSource."""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cfgedu.data import imagenet64 as inet
+
+
+def write_batch(path, images, labels, protocol=2, mean=True):
+    """An official-format batch: {data: uint8 (N, 12288) channel-planar, labels: list of 1..1000, mean}."""
+    record = {"data": images.reshape(len(images), -1), "labels": [int(c) + 1 for c in labels]}
+    if mean:
+        record["mean"] = images.reshape(len(images), -1).mean(0)
+    path.write_bytes(pickle.dumps(record, protocol=protocol))
+
+
+@pytest.fixture
+def official(tmp_path):
+    """Two train batches and val_data with known pixels and labels."""
+    rng = np.random.default_rng(0)
+    src = tmp_path / "src"
+    src.mkdir()
+    images = rng.integers(0, 256, (7, 3, 64, 64), dtype=np.uint8)
+    labels = np.array([0, 999, 5, 17, 0, 3, 998])
+    write_batch(src / "train_data_batch_1", images[:4], labels[:4], protocol=2)
+    write_batch(src / "train_data_batch_2", images[4:6], labels[4:6], protocol=pickle.HIGHEST_PROTOCOL)
+    write_batch(src / "val_data", images[6:], labels[6:], mean=False)
+    return src, images, labels
+
+
+def test_channel_planar_rows_are_r_then_g_then_b(tmp_path):
+    image = np.zeros((1, 3, 64, 64), dtype=np.uint8)
+    image[0, 0, 0, 1], image[0, 1, 2, 0], image[0, 2, 63, 63] = 10, 20, 30  # R at (0,1), G at (2,0), B at (63,63)
+    row = np.zeros(inet.ROW_BYTES, dtype=np.uint8)
+    row[1], row[4096 + 2 * 64], row[2 * 4096 + 63 * 64 + 63] = 10, 20, 30
+    (tmp_path / "b").write_bytes(pickle.dumps({"data": row[None], "labels": [1]}))
+    images, labels = inet.read_batch(tmp_path / "b")
+    assert np.array_equal(images, image) and labels.tolist() == [0]
+
+
+def test_convert_pickles_keeps_pixels_and_shifts_labels(official, tmp_path):
+    src, images, labels = official
+    manifest = inet.convert_pickles(src, tmp_path / "out", progress=False)
+    assert manifest["splits"] == {"train": 6, "val": 1} and manifest["label_order"] == "map_clsloc"
+    train = np.load(tmp_path / "out" / "train_images.npy", mmap_mode="r")
+    assert isinstance(train, np.memmap) and train.dtype == np.uint8
+    assert np.array_equal(train, images[:6])
+    assert np.load(tmp_path / "out" / "train_labels.npy").tolist() == labels[:6].tolist()
+    assert np.load(tmp_path / "out" / "val_labels.npy").dtype == np.int64
+    assert np.array_equal(np.load(tmp_path / "out" / "val_images.npy"), images[6:])
+    assert not (tmp_path / "out" / ".parts").exists()
+
+
+def test_sorted_wnid_remap(official, tmp_path):
+    src, _, labels = official
+    wnids = [f"n{(7 * k) % 1000:08d}" for k in range(1000)]  # distinct ids, not in sorted order
+    (tmp_path / "map_clsloc.txt").write_text("".join(f"{w} {k + 1} name_{k}\n" for k, w in enumerate(wnids)))
+    inet.convert_pickles(src, tmp_path / "out", map_clsloc=tmp_path / "map_clsloc.txt", progress=False)
+    stored = np.load(tmp_path / "out" / "train_labels.npy")
+    expected = [sorted(wnids).index(wnids[c]) for c in labels[:6]]
+    assert stored.tolist() == expected and read_order(tmp_path / "out") == "sorted_wnid"
+
+
+def read_order(root):
+    return json.loads((root / "manifest.json").read_text())["label_order"]
+
+
+class Payload:
+    """Unpickling this calls os.system, which would create the marker file."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_malicious_pickle_is_refused_without_running(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = {"data": np.zeros((1, inet.ROW_BYTES), np.uint8), "labels": [1], "mean": Payload(marker)}
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "train_data_batch_1").write_bytes(pickle.dumps(evil))
+    with pytest.raises(ValueError, match="refusing to load (posix|os).system"):
+        inet.convert_pickles(tmp_path / "src", tmp_path / "out", progress=False)
+    assert not marker.exists()
+    # Sanity check that the payload is live: an unrestricted load would have run it.
+    pickle.loads((tmp_path / "src" / "train_data_batch_1").read_bytes())
+    assert marker.exists()
+
+
+def test_truncated_and_malformed_batches_give_clear_errors(official, tmp_path):
+    src, _, _ = official
+    blob = (src / "train_data_batch_1").read_bytes()
+    (tmp_path / "truncated").write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(ValueError, match="truncated or corrupted"):
+        inet.read_batch(tmp_path / "truncated")
+    (tmp_path / "wrong").write_bytes(pickle.dumps({"data": np.zeros((2, 100), np.uint8), "labels": [1, 2]}))
+    with pytest.raises(ValueError, match="rows of 12288 bytes"):
+        inet.read_batch(tmp_path / "wrong")
+    (tmp_path / "labels").write_bytes(pickle.dumps({"data": np.zeros((1, inet.ROW_BYTES), np.uint8), "labels": [0]}))
+    with pytest.raises(ValueError, match="1..1000"):
+        inet.read_batch(tmp_path / "labels")
+    with pytest.raises(FileNotFoundError, match="train_data_batch"):
+        inet.convert_pickles(tmp_path / "nothing", tmp_path / "out", progress=False)
+
+
+def test_conversion_resumes_from_finished_parts(official, tmp_path):
+    src, images, _ = official
+    out = tmp_path / "out"
+    parts = out / ".parts"
+    inet._check_plan(parts, {"source": "pickles", "files": [str(src / n) for n in
+                     ("train_data_batch_1", "train_data_batch_2", "val_data")], "label_order": "map_clsloc"})
+    # A finished part from an interrupted run (deliberately different pixels, to see that it is reused).
+    np.savez(parts / "train-train_data_batch_1.npz", images=np.zeros((4, 3, 64, 64), np.uint8),
+             labels=np.arange(4))
+    inet.convert_pickles(src, out, progress=False)
+    train = np.load(out / "train_images.npy")
+    assert not train[:4].any() and np.array_equal(train[4:], images[4:6])
+
+
+def test_resuming_with_other_settings_is_refused(official, tmp_path):
+    src, _, _ = official
+    inet._check_plan(tmp_path / "out" / ".parts", {"source": "folder"})
+    with pytest.raises(ValueError, match="different settings"):
+        inet.convert_pickles(src, tmp_path / "out", progress=False)
+
+
+@pytest.fixture
+def jpeg_folder(tmp_path):
+    """Two classes of flat-colour JPEGs with a distinct colour in each half (left/right)."""
+    root = tmp_path / "raw"
+    colours = {"n001": [(200, 30, 30), (30, 30, 200)], "n000": [(30, 200, 30), (240, 240, 240)]}
+    for wnid, (left, right) in colours.items():
+        (root / wnid).mkdir(parents=True)
+        for k, size in enumerate([(300, 150), (128, 256)]):
+            pixels = np.zeros((size[1], size[0], 3), np.uint8)
+            pixels[:, : size[0] // 2], pixels[:, size[0] // 2:] = left, right
+            Image.fromarray(pixels).save(root / wnid / f"img{k}.JPEG", quality=95)
+    return root, colours
+
+
+@pytest.mark.parametrize("resize", ["box", "center-crop"])
+def test_folder_conversion_both_resize_modes(jpeg_folder, tmp_path, resize):
+    root, colours = jpeg_folder
+    manifest = inet.convert_folder(root, tmp_path / resize, resize=resize, val_src=root, chunk=3, workers=2,
+                                   progress=False)
+    assert manifest["classes"] == ["n000", "n001"] and manifest["splits"] == {"train": 4, "val": 4}
+    images, labels = inet.load_split(tmp_path / resize)
+    assert labels.tolist() == [0, 0, 1, 1]  # sorted WNIDs: n000 first
+    for image, label in zip(images, labels):
+        left, right = colours[manifest["classes"][label]]
+        # Far from the split line both methods keep the flat colours (JPEG error a few levels).
+        assert np.abs(image[:, 20:44, 2].astype(int).T - left).max() < 12
+        assert np.abs(image[:, 20:44, 61].astype(int).T - right).max() < 12
+
+
+def test_box_squashes_while_center_crop_keeps_the_middle():
+    # A 256x64 image: left quarter black, the rest white.
+    pixels = np.full((64, 256, 3), 255, np.uint8)
+    pixels[:, :64] = 0
+    image = Image.fromarray(pixels)
+    box, crop = inet.resize_image(image, "box"), inet.resize_image(image, "center-crop")
+    assert box[:, :, :16].max() == 0 and box[:, :, 16:].min() == 255  # whole image squashed 4x horizontally
+    assert crop.min() == 255  # the centre 64x64 square is all white
+
+
+def test_corrupt_jpeg_gives_clear_error(jpeg_folder, tmp_path):
+    root, _ = jpeg_folder
+    blob = (root / "n000" / "img0.JPEG").read_bytes()
+    (root / "n000" / "img0.JPEG").write_bytes(blob[:200])
+    with pytest.raises(ValueError, match="cannot decode image .*img0.JPEG"):
+        inet.convert_folder(root, tmp_path / "out", progress=False)
+
+
+def test_datasource_is_pure_disjoint_and_flips(official, tmp_path):
+    src, images, labels = official
+    inet.convert_pickles(src, tmp_path / "out", progress=False)
+    data = inet.ImageNet64Data(tmp_path / "out", seed=3)
+    assert data.num_classes == 1000 and data.data_shape == (3, 64, 64)
+    shards = [data.indices(5, 1, rank, 3, 2)[0] for rank in range(3)]
+    assert len(set(np.concatenate(shards).tolist())) == 6  # three ranks, disjoint, the whole set
+    x, c = data.batch(5, 1, 1, 3, 2)
+    x2, c2 = data.batch(5, 1, 1, 3, 2)
+    assert torch.equal(x, x2) and torch.equal(c, c2)  # a pure function of (seed, step, micro, rank)
+    index, flips = data.indices(5, 1, 1, 3, 2)
+    expected = torch.as_tensor(images[index]).float() / 127.5 - 1
+    expected = torch.where(flips[:, None, None, None], expected.flip(-1), expected)
+    assert torch.equal(x, expected) and c.tolist() == labels[index].tolist()
+    assert x.min() >= -1 and x.max() <= 1
+    flipped = sum(int(data.indices(s, 0, 0, 1, 6)[1].sum()) for s in range(100))
+    assert 240 < flipped < 360  # Binomial(600, 1/2)
+    assert not inet.ImageNet64Data(tmp_path / "out", flip=False).indices(5, 1, 1, 3, 2)[1].any()
+
+
+def test_distinct_draw_is_uniform_without_replacement():
+    generator = torch.Generator().manual_seed(0)
+    counts = np.zeros(1000)
+    for _ in range(200):
+        draw = inet.distinct_draw(1000, 50, generator).numpy()  # the O(k) path: n > 16k
+        assert len(set(draw.tolist())) == 50
+        counts[draw] += 1
+    assert abs(counts.mean() - 10) < 1e-9 and counts.std() < 4.5  # Binomial-like spread (sd ≈ 3.1)
+
+
+def test_missing_folder_and_bad_rank_are_clear(official, tmp_path):
+    with pytest.raises(FileNotFoundError, match="prepare-imagenet64"):
+        inet.ImageNet64Data(tmp_path / "none")
+    src, _, _ = official
+    inet.convert_pickles(src, tmp_path / "out", progress=False)
+    with pytest.raises(ValueError, match="rank"):
+        inet.ImageNet64Data(tmp_path / "out").batch(0, 0, 3, 2, 1)
+    with pytest.raises(ValueError, match="exceeds"):
+        inet.ImageNet64Data(tmp_path / "out").batch(0, 0, 0, 2, 4)
