@@ -218,3 +218,18 @@ def test_missing_folder_and_bad_rank_are_clear(official, tmp_path):
         inet.ImageNet64Data(tmp_path / "out").batch(0, 0, 3, 2, 1)
     with pytest.raises(ValueError, match="exceeds"):
         inet.ImageNet64Data(tmp_path / "out").batch(0, 0, 0, 2, 4)
+
+
+def test_prepare_command(official, jpeg_folder, tmp_path, capsys):
+    from cfgedu.cli import main
+
+    src, images, _ = official
+    assert main(["prepare-imagenet64", "--src", str(src), "--out", str(tmp_path / "a"), "--workers", "1"]) == 0
+    assert "train 6, val 1 images, 1000 classes" in capsys.readouterr().out
+    assert np.array_equal(inet.load_split(tmp_path / "a", "val")[0], images[6:])
+    root, _ = jpeg_folder
+    assert main(["prepare-imagenet64", "--src", str(root), "--out", str(tmp_path / "b"), "--format", "folder",
+                 "--resize", "center-crop", "--workers", "1"]) == 0
+    assert inet.read_manifest(tmp_path / "b")["resize"] == "center-crop"
+    assert main(["prepare-imagenet64", "--src", str(src), "--out", str(tmp_path / "c"), "--val-src", str(root)]) == 2
+    assert "--val-src applies to --format folder only" in capsys.readouterr().err
