@@ -8,6 +8,7 @@ import sys
 
 COMMANDS = {
     "figure2": "cfgedu.commands.figure2",
+    "train": "cfgedu.commands.train",
     "prepare-imagenet64": "cfgedu.commands.prepare_imagenet64",
 }
 

@@ -1,0 +1,62 @@
+"""`python -m cfgedu train --preset NAME --out DIR [--resume] [--key value ...]`, also under
+`torchrun --nproc_per_node=N -m cfgedu train ...`. Running the same command again resumes DIR/checkpoint.pt."""
+from __future__ import annotations
+
+from pathlib import Path
+
+HELP = ("Train a preset's network with Algorithm 1 (label dropout, λ ~ p(λ), ε-MSE), AdamW, warm-up, clipping, "
+        "EMA, atomic checkpoints and exact resume; any config field can be overridden as --key value "
+        "(e.g. --steps 1000 --lr 1e-4 --model.width 64). Runs under torchrun for DDP.")
+
+
+def add_arguments(parser):
+    parser.add_argument("--preset", required=True, help="named experiment (see cfgedu.config.PRESETS)")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="output folder: checkpoint.pt, metrics.jsonl and config.json")
+    parser.add_argument("--resume", action="store_true",
+                        help="require DIR/checkpoint.pt and continue it (an existing checkpoint is resumed anyway)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.allow_abbrev = False  # so that an override such as --re is never taken for --resume
+    _collect_overrides(parser)
+
+
+def _collect_overrides(parser) -> None:
+    """Unknown `--key value` arguments become args.overrides instead of argparse errors."""
+    parse_known_args = parser.parse_known_args
+
+    def parse_with_overrides(args=None, namespace=None):
+        namespace, extras = parse_known_args(args, namespace)
+        namespace.overrides = extras
+        return namespace, []
+
+    parser.parse_known_args = parse_with_overrides
+
+
+def override_pairs(words: list[str]) -> dict[str, str]:
+    """["--steps", "10", "--lr=1e-3"] -> {"steps": "10", "lr": "1e-3"}."""
+    pairs, index = {}, 0
+    while index < len(words):
+        word = words[index]
+        if not word.startswith("--") or len(word) == 2:
+            raise ValueError(f"expected --key value, got {word!r}")
+        key, has_value, value = word[2:].partition("=")
+        if not has_value:
+            if index + 1 >= len(words):
+                raise ValueError(f"--{key} needs a value")
+            index, value = index + 1, words[index + 1]
+        pairs[key] = value
+        index += 1
+    return pairs
+
+
+def run(args) -> None:
+    import os
+
+    from ..config import apply_overrides, preset
+    from ..training import train_experiment
+
+    experiment = apply_overrides(preset(args.preset), override_pairs(args.overrides))
+    result = train_experiment(experiment, args.out, preset_name=args.preset, require_checkpoint=args.resume,
+                              progress=not args.no_progress)
+    if os.environ.get("RANK", "0") == "0":
+        print(f"trained to step {result.step} in {result.seconds:.1f} s; wrote {args.out / 'checkpoint.pt'}")

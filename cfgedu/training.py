@@ -1,0 +1,528 @@
+"""One training loop for every cfgedu network: Algorithm 1 of Ho & Salimans (2022), from the 2D toy to ImageNet.
+
+λ ~ p(λ), labels dropped to ∅ with probability p_uncond, the unweighted ε-MSE (Eq. 5); AdamW with a linear
+learning-rate warm-up, gradient clipping and an EMA of the weights; bf16 autocast on CUDA; DDP under torchrun;
+atomic checkpoints and exact resume.
+
+Every random draw is a pure function of (seed, step, position in the global batch): the DataSource hands out
+the examples, and the noise of a step (dropped labels, λ, ε) is drawn here for the whole global batch and
+sliced. So a run resumed after a crash, split over more processes, or accumulated over micro-batches takes
+the same optimisation steps, up to the order of floating-point sums.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import time
+import warnings
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Protocol
+
+import torch
+from torch import nn
+
+from .checks import check_choice, check_in_range, check_positive_int
+from .io import atomic_torch_save, atomic_write_json, safe_torch_load
+from .nets import build_model, model_record
+from .schedule import LogSNRSchedule, q_sample
+from .tensors import make_generator
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+PRECISIONS = ("fp32", "bf16")
+DEVICES = ("auto", "cpu", "cuda")
+# TrainConfig fields a resumed run may change: they decide how the steps are computed, not which steps.
+RESUMABLE_CHANGES = ("steps", "checkpoint_every", "log_every", "grad_accum", "per_device_batch", "precision",
+                     "compile", "channels_last", "device")
+_NOISE_STREAM, _DROPOUT_STREAM = 1, 2
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyperparameters of one run. batch_size is the global batch: summed over processes and micro-steps.
+
+    Micro-batches: per_device_batch > 0 fixes the examples per process per micro-step and derives
+    grad_accum = batch_size / (world_size · per_device_batch); otherwise grad_accum is used as given.
+    """
+
+    steps: int
+    batch_size: int
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 0
+    grad_clip: float | None = 1.0
+    ema_decay: float = 0.9999
+    p_uncond: float = 0.1
+    lambda_min: float = -20.0
+    lambda_max: float = 20.0
+    seed: int = 0
+    grad_accum: int = 1
+    per_device_batch: int = 0
+    precision: str = "fp32"
+    compile: bool = False
+    channels_last: bool = False
+    device: str = "auto"
+    checkpoint_every: int = 0
+    log_every: int = 10
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "grad_accum", "log_every"):
+            check_positive_int(name, getattr(self, name))
+        for name in ("warmup_steps", "checkpoint_every", "per_device_batch", "seed"):
+            if isinstance(getattr(self, name), bool) or int(getattr(self, name)) != getattr(self, name) \
+                    or getattr(self, name) < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
+        check_in_range("weight_decay", self.weight_decay, 0.0, math.inf)
+        if len(self.betas) != 2 or not all(0 <= beta < 1 for beta in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
+        if self.grad_clip is not None and not (math.isfinite(self.grad_clip) and self.grad_clip > 0):
+            raise ValueError(f"grad_clip must be a finite number > 0 or None (no clipping), got {self.grad_clip}")
+        check_in_range("ema_decay", self.ema_decay, 0.0, 1.0)
+        check_in_range("p_uncond", self.p_uncond, 0.0, 1.0)
+        LogSNRSchedule(self.lambda_min, self.lambda_max)  # validates the λ range
+        check_choice("precision", self.precision, PRECISIONS)
+        check_choice("device", self.device, DEVICES)
+        if self.per_device_batch and self.grad_accum != 1:
+            raise ValueError("set per_device_batch (grad_accum is then derived) or grad_accum, not both")
+
+    def micro_batch(self, world_size: int) -> tuple[int, int]:
+        """(examples per process per micro-step, micro-steps per step) when `world_size` processes train."""
+        if self.per_device_batch:
+            accum, rest = divmod(self.batch_size, world_size * self.per_device_batch)
+            if rest or not accum:
+                raise ValueError(f"batch_size {self.batch_size} is not a multiple of world_size {world_size} × "
+                                 f"per_device_batch {self.per_device_batch}")
+            return self.per_device_batch, accum
+        size, rest = divmod(self.batch_size, world_size * self.grad_accum)
+        if rest or not size:
+            raise ValueError(f"batch_size {self.batch_size} is not a multiple of world_size {world_size} × "
+                             f"grad_accum {self.grad_accum}")
+        return size, self.grad_accum
+
+    def schedule(self) -> LogSNRSchedule:
+        return LogSNRSchedule(self.lambda_min, self.lambda_max)
+
+
+class DataSource(Protocol):
+    """Training examples as a pure function of (seed, step, micro, rank), so resume is exact.
+
+    A source that slices one global batch per step at offset (micro·world_size + rank)·size gives the same
+    step for any split of the batch over processes and micro-steps (see TensorData).
+    """
+
+    num_classes: int
+    data_shape: tuple[int, ...]
+
+    def batch(self, step: int, micro: int, rank: int, world_size: int, size: int
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The local (x, c): x of shape (size, *data_shape), c of shape (size,) in 0..num_classes-1."""
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    ema: nn.Module
+    history: list[dict]
+    seconds: float
+    step: int
+
+
+def derive_seed(*keys: int) -> int:
+    """A 63-bit seed that is a pure function of the integers given (a hash, so nearby keys are unrelated)."""
+    digest = hashlib.blake2b(repr(tuple(int(key) for key in keys)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def slot_offset(micro: int, rank: int, world_size: int, size: int) -> int:
+    """Where the local batch of (micro, rank) starts in the global batch of its step."""
+    return (micro * world_size + rank) * size
+
+
+@dataclass
+class TensorData:
+    """An in-memory dataset as a DataSource: each step shuffles it with a generator seeded by (seed, step)
+    and hands (micro, rank) its slot of that order; the order wraps into a fresh shuffle when a global
+    batch is larger than the dataset."""
+
+    x: torch.Tensor  # (N, *data_shape)
+    c: torch.Tensor  # (N,) labels in 0..num_classes-1
+    num_classes: int
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.x.ndim < 2 or self.c.shape != (self.x.shape[0],) or self.c.dtype != torch.long:
+            raise ValueError(f"TensorData needs x of shape (N, *data_shape) and long labels c of shape (N,); "
+                             f"got {tuple(self.x.shape)} and {tuple(self.c.shape)} {self.c.dtype}")
+        if self.c.numel() and not 0 <= int(self.c.min()) <= int(self.c.max()) < self.num_classes:
+            raise ValueError(f"labels must be in 0..{self.num_classes - 1}")
+
+    @property
+    def data_shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
+
+    def batch(self, step, micro, rank, world_size, size):
+        start = slot_offset(micro, rank, world_size, size)
+        generator = make_generator(derive_seed(self.seed, step))
+        n = self.x.shape[0]
+        order = torch.cat([torch.randperm(n, generator=generator) for _ in range(-(-(start + size) // n))])
+        index = order[start:start + size]
+        return self.x[index], self.c[index]
+
+
+@dataclass
+class StepNoise:
+    """Algorithm 1's draws for a batch: which labels drop to ∅ (step 2), λ ~ p(λ) (step 3), ε ~ N(0, I) (step 4)."""
+
+    drop: torch.Tensor  # (B,) bool
+    lam: torch.Tensor  # (B,)
+    eps: torch.Tensor  # (B, *data_shape)
+
+    def slice(self, start: int, size: int) -> "StepNoise":
+        return StepNoise(self.drop[start:start + size], self.lam[start:start + size], self.eps[start:start + size])
+
+
+def draw_noise(batch: int, data_shape: tuple[int, ...], config: TrainConfig, generator: torch.Generator) -> StepNoise:
+    """The draws of cfgedu.losses.diffusion_loss, in its order, so a whole batch gets exactly its noise."""
+    device = generator.device
+    drop = torch.rand(batch, generator=generator, device=device) < config.p_uncond
+    lam = config.schedule().sample_lam(batch, generator, device=device)
+    eps = torch.randn((batch, *data_shape), generator=generator, device=device)
+    return StepNoise(drop, lam, eps)
+
+
+def algorithm1_loss(eps_model, x: torch.Tensor, c: torch.Tensor, noise: StepNoise, null_label: int) -> torch.Tensor:
+    """Mean of ‖ε_θ(z_λ, c̃) − ε‖² over every element, z_λ = α_λ x + σ_λ ε, c̃ = ∅ where noise.drop (Eq. 5)."""
+    c = torch.where(noise.drop, torch.full_like(c, null_label), c)
+    z = q_sample(x, noise.lam, noise.eps)
+    return torch.mean((eps_model(z, noise.lam, c).float() - noise.eps) ** 2)
+
+
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """Linear warm-up to config.lr over the first warmup_steps steps (step 0 takes lr/warmup_steps), then constant."""
+    return config.lr * min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else config.lr
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """θ_ema ← decay·θ_ema + (1 − decay)·θ; buffers are copied."""
+    for ema_param, param in zip(ema.parameters(), model.parameters()):
+        ema_param.lerp_(param, 1 - decay)
+    for ema_buffer, buffer in zip(ema.buffers(), model.buffers()):
+        ema_buffer.copy_(buffer)
+
+
+# ---------------------------------------------------------------------------------------------- processes
+
+
+@dataclass(frozen=True)
+class _Processes:
+    rank: int
+    world_size: int
+    device: torch.device
+    owns_group: bool  # train() created the process group and destroys it at the end
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _resolve_device(config: TrainConfig, local_rank: int) -> torch.device:
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but CUDA is not available; use device 'auto' or 'cpu'")
+    if config.device == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", local_rank)
+
+
+def _start_processes(config: TrainConfig) -> _Processes:
+    """One process, or the torchrun group described by RANK/WORLD_SIZE/LOCAL_RANK (NCCL on CUDA, else gloo)."""
+    import torch.distributed as dist
+
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1 and not dist.is_initialized():
+        return _Processes(0, 1, _resolve_device(config, 0), False)
+    device = _resolve_device(config, int(os.environ.get("LOCAL_RANK", "0")))
+    owns_group = not dist.is_initialized()
+    if owns_group:
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return _Processes(dist.get_rank(), dist.get_world_size(), device, owns_group)
+
+
+def _mean_over_processes(value: torch.Tensor, processes: _Processes) -> torch.Tensor:
+    if processes.world_size > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(value)  # SUM: gloo has no AVG
+        value = value / processes.world_size
+    return value
+
+
+# ---------------------------------------------------------------------------------------------- files
+
+
+def _check_checkpoint(checkpoint, path: Path) -> dict:
+    keys = {"model", "ema", "optimizer", "step", "train_config"}
+    if not isinstance(checkpoint, dict) or not keys <= checkpoint.keys() or not isinstance(checkpoint["model"], dict):
+        raise ValueError(f"{path} is not a cfgedu training checkpoint (expected keys {', '.join(sorted(keys))})")
+    return checkpoint
+
+
+def _check_resumable(checkpoint: dict, model: nn.Module, kind: str, config: TrainConfig, path: Path) -> None:
+    """The checkpoint must hold the same network and the same optimisation problem as this run."""
+    saved = checkpoint["model"]
+    ours = {"kind": kind, "config": asdict(model.config)}
+    if saved.get("kind") != ours["kind"] or saved.get("config") != ours["config"]:
+        raise ValueError(f"{path} holds a {saved.get('kind')!r} network with config {saved.get('config')}, but this "
+                         f"run trains a {kind!r} network with config {ours['config']}: use another output folder")
+    now = asdict(config)
+    changed = sorted(name for name, value in checkpoint["train_config"].items()
+                     if name not in RESUMABLE_CHANGES and now.get(name) != value)
+    if changed:
+        diffs = ", ".join(f"{name} {checkpoint['train_config'][name]!r} -> {now.get(name)!r}" for name in changed)
+        raise ValueError(f"cannot resume {path} with a different training setup ({diffs}); only "
+                         f"{', '.join(RESUMABLE_CHANGES)} may change: use another output folder")
+
+
+def _save_checkpoint(path: Path, model, ema, optimizer, config: TrainConfig, kind: str, step: int) -> None:
+    if not all(torch.isfinite(param).all() for param in model.parameters()):
+        raise FloatingPointError(f"non-finite weights after step {step}; kept the last good checkpoint {path}")
+    atomic_torch_save({"model": model_record(model, kind), "ema": ema.state_dict(),
+                       "optimizer": optimizer.state_dict(), "step": step, "train_config": asdict(config)}, path)
+
+
+def _trim_metrics(path: Path, last_step: int) -> None:
+    """Keep the metric lines up to the resumed step (a killed run may have logged past its checkpoint)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= last_step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):  # a line cut short by the kill
+            continue
+    path.write_text("".join(f"{line}\n" for line in kept))
+
+
+def load_checkpoint_model(path: Path, use_ema: bool = True, map_location="cpu") -> nn.Module:
+    """The network of a training checkpoint (a file, or a folder holding checkpoint.pt), in eval mode."""
+    path = Path(path)
+    path = path / CHECKPOINT if path.is_dir() else path
+    checkpoint = _check_checkpoint(safe_torch_load(path, map_location), path)
+    record = checkpoint["model"]
+    model = build_model(record["kind"], record["config"])
+    try:
+        model.load_state_dict(checkpoint["ema"] if use_ema else record["state_dict"])
+    except RuntimeError as error:
+        raise ValueError(f"{path}: the weights do not fit a {record['kind']!r} network "
+                         f"({str(error).splitlines()[0][:200]})") from None
+    return model.eval()
+
+
+# ---------------------------------------------------------------------------------------------- the loop
+
+
+def _check_inputs(model: nn.Module, data: DataSource, config: TrainConfig, kind: str) -> None:
+    if not isinstance(config, TrainConfig):
+        raise ValueError(f"config must be a TrainConfig, got {type(config).__name__}")
+    if not isinstance(model, nn.Module) or not dataclasses.is_dataclass(getattr(model, "config", None)):
+        raise ValueError("model must be an nn.Module with a dataclass `config` (a cfgedu network)")
+    if not isinstance(kind, str) or not kind:
+        raise ValueError(f"kind must name the network kind (see cfgedu.nets.MODEL_KINDS), got {kind!r}")
+    if getattr(model, "num_classes", data.num_classes) != data.num_classes:
+        raise ValueError(f"the model has {model.num_classes} classes but the data has {data.num_classes}")
+
+
+def _local_batch(data: DataSource, step: int, micro: int, processes: _Processes, size: int,
+                 channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    x, c = data.batch(step, micro, processes.rank, processes.world_size, size)
+    if tuple(x.shape) != (size, *data.data_shape) or tuple(c.shape) != (size,):
+        raise ValueError(f"the data source returned x {tuple(x.shape)} and c {tuple(c.shape)}; expected "
+                         f"({size}, {', '.join(map(str, data.data_shape))}) and ({size},)")
+    x = x.to(processes.device, torch.float32, non_blocking=True)
+    if channels_last and x.ndim == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, c.to(processes.device, non_blocking=True)
+
+
+class _Trainer:
+    """The state of one run: the network as trained (maybe DDP-wrapped and compiled), its EMA and AdamW."""
+
+    def __init__(self, model: nn.Module, data: DataSource, config: TrainConfig, processes: _Processes):
+        self.model, self.data, self.config, self.processes = model, data, config, processes
+        self.micro_size, self.accum = config.micro_batch(processes.world_size)
+        device = processes.device
+        model.to(device).train()
+        if config.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.ema = copy.deepcopy(model).requires_grad_(False).eval()
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=config.betas,
+                                           weight_decay=config.weight_decay, fused=device.type == "cuda")
+        self.bf16 = config.precision == "bf16" and device.type == "cuda"
+        if config.precision == "bf16" and not self.bf16:
+            warnings.warn("bf16 autocast is CUDA-only; training in fp32 on the CPU", stacklevel=3)
+        self.ddp = None
+        self.net = model
+        if processes.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.ddp = self.net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+        if config.compile:
+            self.net = torch.compile(self.net)
+
+    def restore(self, path: Path, kind: str) -> int:
+        checkpoint = _check_checkpoint(safe_torch_load(path, self.processes.device), path)
+        _check_resumable(checkpoint, self.model, kind, self.config, path)
+        self.model.load_state_dict(checkpoint["model"]["state_dict"])
+        self.ema.load_state_dict(checkpoint["ema"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        return int(checkpoint["step"])
+
+    def step(self, step: int) -> tuple[float, float]:
+        """One optimisation step on the global batch number `step`; returns (loss, gradient norm)."""
+        config, processes = self.config, self.processes
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(config, step)
+        generator = make_generator(derive_seed(config.seed, step, _NOISE_STREAM), processes.device)
+        noise = draw_noise(config.batch_size, self.data.data_shape, config, generator)  # the global batch's
+        total = torch.zeros((), device=processes.device)
+        for micro in range(self.accum):
+            x, c = _local_batch(self.data, step, micro, processes, self.micro_size, config.channels_last)
+            local = noise.slice(slot_offset(micro, processes.rank, processes.world_size, self.micro_size),
+                                self.micro_size)
+            last = micro == self.accum - 1
+            with nullcontext() if last or self.ddp is None else self.ddp.no_sync():
+                torch.manual_seed(derive_seed(config.seed, step, micro, processes.rank, _DROPOUT_STREAM))
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16):
+                    loss = algorithm1_loss(self.net, x, c, local, self.data.num_classes)
+                (loss / self.accum).backward()
+            total += loss.detach()
+        loss = float(_mean_over_processes(total / self.accum, processes))
+        max_norm = config.grad_clip if config.grad_clip is not None else math.inf
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            raise FloatingPointError(f"non-finite loss {loss} (gradient norm {grad_norm}) at step {step + 1}; "
+                                     f"stopped before updating the weights, so the last checkpoint is intact")
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        update_ema(self.ema, self.model, config.ema_decay)
+        return loss, grad_norm
+
+
+def train(model: nn.Module, data: DataSource, config: TrainConfig, out_dir: Path | None = None, *, kind: str,
+          resume: bool = False, progress: bool = True, on_log: Callable[[dict], None] | None = None) -> TrainResult:
+    """Train `model` (a cfgedu network of `kind`) on `data` with Algorithm 1 for config.steps steps.
+
+    With out_dir, writes out_dir/checkpoint.pt (atomically, every checkpoint_every steps and at the end)
+    and out_dir/metrics.jsonl. resume=True continues from out_dir/checkpoint.pt when it exists; without
+    resume an existing checkpoint is an error. Under torchrun only rank 0 writes files and shows the bar.
+    """
+    _check_inputs(model, data, config, kind)
+    processes = _start_processes(config)
+    try:
+        return _run(_Trainer(model, data, config, processes), Path(out_dir) if out_dir is not None else None,
+                    kind, resume, progress, on_log)
+    finally:
+        if processes.owns_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _run(trainer: _Trainer, out_dir: Path | None, kind: str, resume: bool, progress: bool, on_log) -> TrainResult:
+    from tqdm.auto import tqdm
+
+    config, main = trainer.config, trainer.processes.is_main
+    checkpoint = out_dir / CHECKPOINT if out_dir is not None else None
+    start = 0
+    if checkpoint is not None and checkpoint.exists():
+        if not resume:
+            raise ValueError(f"{checkpoint} exists: resume it (resume=True, or run the same command again) "
+                             f"or choose another output folder")
+        start = trainer.restore(checkpoint, kind)
+    if out_dir is not None and main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _trim_metrics(out_dir / METRICS, start)
+    history, began = [], time.perf_counter()
+    window = {"loss": 0.0, "steps": 0, "since": began}
+    with torch.random.fork_rng(devices=[trainer.processes.device] if trainer.processes.device.type == "cuda" else []), \
+            tqdm(total=config.steps, initial=start, desc="train", unit="step", disable=not (progress and main)) as bar:
+        for step in range(start, config.steps):
+            loss, grad_norm = trainer.step(step)
+            done = step + 1
+            window["loss"] += loss
+            window["steps"] += 1
+            bar.update()
+            if done % config.log_every == 0 or done == config.steps:
+                record = _log_record(window, done, loss, grad_norm, config, began)
+                history.append(record)
+                bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
+                if main:
+                    _append_metrics(out_dir, record, on_log)
+            if checkpoint is not None and main and (done == config.steps or
+                                                    (config.checkpoint_every and done % config.checkpoint_every == 0)):
+                _save_checkpoint(checkpoint, trainer.model, trainer.ema, trainer.optimizer, config, kind, done)
+    return TrainResult(trainer.model, trainer.ema, history, time.perf_counter() - began, max(start, config.steps))
+
+
+def _log_record(window: dict, done: int, loss: float, grad_norm: float, config: TrainConfig, began: float) -> dict:
+    """The mean loss since the last record, the last step's lr and gradient norm, and the throughput."""
+    now = time.perf_counter()
+    record = {"step": done, "loss": window["loss"] / window["steps"], "last_loss": loss,
+              "lr": learning_rate(config, done - 1), "grad_norm": grad_norm,
+              "images_per_s": window["steps"] * config.batch_size / max(now - window["since"], 1e-9),
+              "seconds": now - began}
+    window.update(loss=0.0, steps=0, since=now)
+    return record
+
+
+def _append_metrics(out_dir: Path | None, record: dict, on_log) -> None:
+    if out_dir is not None:
+        with open(out_dir / METRICS, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+    if on_log is not None:
+        on_log(record)
+
+
+# ---------------------------------------------------------------------------------------------- experiments
+
+CONFIG_JSON = "config.json"
+
+
+def _check_same_experiment(path: Path, record: dict) -> None:
+    """An output folder holds one experiment: only the RESUMABLE_CHANGES training fields may differ."""
+    saved = json.loads(path.read_text())
+    strip = lambda r: {**r, "train": {k: v for k, v in r.get("train", {}).items() if k not in RESUMABLE_CHANGES}}
+    if strip(saved) != strip(json.loads(json.dumps(record))):
+        raise ValueError(f"{path.parent} holds a run of preset {saved.get('preset')!r} with another network, data "
+                         f"or training setup (see {path}): use another output folder")
+
+
+def train_experiment(experiment, out_dir: Path, *, preset_name: str = "", require_checkpoint: bool = False,
+                     progress: bool = True) -> TrainResult:
+    """Build a cfgedu.config.Experiment's network and data and train it in out_dir, resuming its checkpoint.
+
+    out_dir/config.json records the experiment; an existing one must describe the same experiment.
+    """
+    out_dir = Path(out_dir)
+    if require_checkpoint and not (out_dir / CHECKPOINT).exists():
+        raise FileNotFoundError(f"no checkpoint to resume at {out_dir / CHECKPOINT}")
+    record = {"preset": preset_name, **experiment.to_dict()}
+    if (out_dir / CHECKPOINT).exists() and (out_dir / CONFIG_JSON).exists():
+        _check_same_experiment(out_dir / CONFIG_JSON, record)
+    model = build_model(experiment.kind, asdict(experiment.model))
+    data = experiment.data.build(experiment.train.seed)
+    if os.environ.get("RANK", "0") == "0":
+        atomic_write_json(record, out_dir / CONFIG_JSON)
+    return train(model, data, experiment.train, out_dir, kind=experiment.kind, resume=True, progress=progress)
