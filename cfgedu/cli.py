@@ -10,6 +10,7 @@ COMMANDS = {
     "figure2": "cfgedu.commands.figure2",
     "train": "cfgedu.commands.train",
     "prepare-imagenet64": "cfgedu.commands.prepare_imagenet64",
+    "bench-widgets": "cfgedu.commands.bench_widgets",
 }
 
 

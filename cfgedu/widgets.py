@@ -1,12 +1,291 @@
 """ipywidgets front ends for the notebooks: sliders that update matplotlib artists in place.
 
 Every guidance slider shows the paper's w and the scale s = 1 + w used by diffusers and Imagen.
+
+How a figure updates: each panel draws into a matplotlib `Figure` rendered off-screen by Agg (no pyplot,
+so the inline backend never shows a second copy) and is shown as PNG bytes in an `ipywidgets.Image`.
+A slider change updates the artists in place (`set_data`, `set_offsets`, `set_UVC`) and re-renders those
+bytes. This behaves the same in JupyterLab, under nbval and without any kernel (the unit tests).
+
+Conventions the browser test relies on: the w slider carries the CSS class `cfgedu-w-slider`, its readout
+`cfgedu-w-readout`, and every figure `cfgedu-figure` (use `w_slider`, `GuidanceReadout` and `FigureView`).
+Every slider panel registers a small factory in `BENCHMARKS` so `python -m cfgedu bench-widgets` times it.
 """
 from __future__ import annotations
 
+import io
+import time
+from contextlib import contextmanager
+from typing import Callable
+
+import ipywidgets
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from .gmm import GaussianMixture
+from .grid import Grid2D, mix, normalize
 from .guidance import scale_from_w
+from .plotting import density_image
+from .schedule import alpha_sigma, q_sample
+from .tensors import make_generator
 
 
 def guidance_label(w: float) -> str:
     """The readout of a w slider: 'w = 0.3 (s = 1 + w = 1.3)'."""
     return f"w = {w:g} (s = 1 + w = {scale_from_w(w):g})"
+
+
+# ---- building blocks: a figure shown as an image widget, the w slider and its readout ----
+
+class FigureView:
+    """A matplotlib Figure with `ncols` axes, shown as PNG bytes in `self.image` (an ipywidgets.Image)."""
+
+    def __init__(self, ncols: int, panel_inches: float = 2.8, dpi: int = 80):
+        self.figure = Figure(figsize=(panel_inches * ncols, panel_inches + 0.3), dpi=dpi)
+        FigureCanvasAgg(self.figure)
+        self.axes = self.figure.subplots(1, ncols, squeeze=False)[0]
+        self.image = ipywidgets.Image(format="png")
+        self.image.add_class("cfgedu-figure")
+
+    def refresh(self) -> None:
+        """Render the figure (whose artists were updated in place) into the image widget."""
+        buffer = io.BytesIO()
+        self.figure.canvas.print_png(buffer, pil_kwargs={"compress_level": 1})  # fast zlib: ~2x quicker
+        self.image.value = buffer.getvalue()
+
+
+def w_slider(value: float = 1.0, low: float = -1.0, high: float = 16.0, step: float = 0.25,
+             continuous_update: bool = True):
+    """The guidance slider: the paper's w (w = 0 conditional, w = −1 unconditional), CSS class cfgedu-w-slider."""
+    if not low <= value <= high:
+        raise ValueError(f"w slider needs low <= value <= high, got {low}, {value}, {high}")
+    slider = ipywidgets.FloatSlider(value=value, min=low, max=high, step=step, description="w",
+                                    continuous_update=continuous_update, readout_format=".2f")
+    slider.add_class("cfgedu-w-slider")
+    return slider
+
+
+class GuidanceReadout:
+    """A label that always shows `guidance_label(slider.value)`: w and s = 1 + w, never out of step."""
+
+    def __init__(self, slider):
+        self.slider = slider
+        self.label = ipywidgets.Label()
+        self.label.add_class("cfgedu-w-readout")
+        slider.observe(self._show, "value")
+        self._show()
+
+    def _show(self, _change=None) -> None:
+        self.label.value = guidance_label(self.slider.value)
+
+
+@contextmanager
+def single_threaded():
+    """Run torch on one thread inside the block and restore the caller's setting after it.
+
+    A slider update works on tensors of ~10^4-10^5 elements, too small to gain from threads; on a busy
+    machine their spin-waits made each update 5-10x slower.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+class SliderPanel:
+    """Sliders above a FigureView. Subclasses draw once in __init__ and implement `update()` in place.
+
+    `sliders` maps a name to its slider (the benchmark moves each one); display the panel itself.
+    """
+
+    def __init__(self, sliders: dict, view: FigureView, readout=None):
+        self.sliders, self.view, self.readout = sliders, view, readout
+        self.update_seconds = 0.0
+        controls = [*sliders.values(), *([readout] if readout is not None else [])]
+        self.widget = ipywidgets.VBox([ipywidgets.HBox(controls), view.image])
+        for slider in sliders.values():
+            slider.observe(self._on_change, "value")
+
+    def _on_change(self, _change=None) -> None:
+        start = time.perf_counter()
+        with single_threaded():
+            self.update()
+            self.view.refresh()
+        self.update_seconds = time.perf_counter() - start
+
+    def update(self) -> None:
+        raise NotImplementedError
+
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget._repr_mimebundle_(**kwargs)
+
+
+def lam_slider(value: float = 0.0, low: float = -10.0, high: float = 10.0, step: float = 0.25):
+    """A log-SNR slider: λ = log(α²/σ²), high λ is clean data, low λ is noise."""
+    return ipywidgets.FloatSlider(value=value, min=low, max=high, step=step, description="λ", readout_format=".2f")
+
+
+def level_label(lam: float) -> str:
+    """'λ = 1 (α = 0.85, σ = 0.52)'."""
+    alpha, sigma = alpha_sigma(torch.tensor(float(lam), dtype=torch.float64))
+    return f"λ = {lam:g} (α = {alpha.item():.3f}, σ = {sigma.item():.3f})"
+
+
+def _full(n: int, value: float) -> torch.Tensor:
+    return torch.full((n,), float(value), dtype=torch.float64)
+
+
+# ---- notebook 01: the exact three-Gaussian toy ----
+
+class ForwardProcessWidget(SliderPanel):
+    """The forward process z_λ = α x + σ ε on the toy: fixed draws (x, ε) moved by λ, and the exact p_λ(z)."""
+
+    def __init__(self, mixture: GaussianMixture, grid: Grid2D | None = None, lam: float = 2.0,
+                 points_per_class: int = 200, seed: int = 0):
+        self.mixture, self.grid = mixture, grid or Grid2D.covering(mixture, n=128)
+        generator = make_generator(seed)
+        self.labels = torch.arange(mixture.num_classes).repeat_interleave(points_per_class)  # (N,)
+        self.x = torch.cat([mixture.sample(points_per_class, c, generator) for c in range(mixture.num_classes)])
+        self.noise = torch.randn(self.x.shape, generator=generator, dtype=torch.float64)  # (N, 2)
+        self.readout = ipywidgets.Label()
+        super().__init__({"λ": lam_slider(lam)}, FigureView(2), self.readout)
+        ax_points, ax_density = self.view.axes
+        self.points = ax_points.scatter(*self.x.T.numpy(), c=self.labels.numpy(), cmap="viridis", s=4)
+        h = self.grid.half_width
+        ax_points.set(xlim=(-h, h), ylim=(-h, h), aspect="equal", xticks=[], yticks=[])
+        ax_points.set_title("draws z_λ = α x + σ ε", fontsize=9)
+        self.image = density_image(ax_density, self.grid, self.density(), title="exact density p_λ(z)")
+        self.view.figure.tight_layout()
+        self._on_change()
+
+    def density(self) -> torch.Tensor:
+        """p_λ(z) on the grid at the slider's λ, (n, n) [y, x]."""
+        points = self.grid.points()
+        return self.mixture.log_prob(points, _full(len(points), self.sliders["λ"].value)).exp().reshape(self.grid.n, -1)
+
+    def update(self) -> None:
+        lam = self.sliders["λ"].value
+        z = q_sample(self.x, _full(len(self.x), lam), self.noise)
+        self.points.set_offsets(z.numpy())
+        density = self.density()
+        self.image.set_data(density.numpy())
+        self.image.set_clim(0, density.max().item())
+        self.readout.value = level_label(lam)
+
+
+class ScoreFieldWidget(SliderPanel):
+    """Arrows of the exact scores at level λ for class c: ∇log p_λ(z|c), ∇log p_λ(z) and the implicit
+    classifier ∇log p_λ(c|z) = −(ε*(z,c) − ε*(z))/σ, over p_λ(z|c), p_λ(z) and p_λ(c|z)."""
+
+    TITLES = ("∇log p_λ(z|c) on p_λ(z|c)", "∇log p_λ(z) on p_λ(z)", "∇log p_λ(c|z) on p_λ(c|z)")
+
+    def __init__(self, mixture: GaussianMixture, grid: Grid2D | None = None, lam: float = 0.0, c: int = 0,
+                 arrows: int = 17):
+        self.mixture, self.grid = mixture, grid or Grid2D.covering(mixture, n=96)
+        self.arrow_grid = Grid2D(self.grid.half_width * (1 - 1 / arrows), arrows)
+        classes = ipywidgets.IntSlider(value=c, min=0, max=mixture.num_classes - 1, description="class c")
+        self.readout = ipywidgets.Label()
+        super().__init__({"λ": lam_slider(lam), "c": classes}, FigureView(3), self.readout)
+        tail = self.arrow_grid.points().numpy()
+        self.images, self.quivers = [], []
+        for ax, title in zip(self.view.axes, self.TITLES):
+            self.images.append(density_image(ax, self.grid, torch.zeros(self.grid.n, self.grid.n), title=title,
+                                              cmap="Greys"))
+            self.quivers.append(ax.quiver(tail[:, 0], tail[:, 1], 0 * tail[:, 0], 0 * tail[:, 1], color="tab:red",
+                                          angles="xy", scale_units="xy", scale=1, width=0.006))
+        self.view.figure.tight_layout()
+        self._on_change()
+
+    def fields(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """∇log p_λ(z|c), ∇log p_λ(z), ∇log p_λ(c|z) at points (N, 2), each (N, 2)."""
+        lam, c = _full(len(points), self.sliders["λ"].value), torch.full((len(points),), self.sliders["c"].value)
+        null = torch.full_like(c, self.mixture.num_classes)
+        return (self.mixture.score(points, lam, c), self.mixture.score(points, lam, null),
+                self.mixture.implicit_classifier_gradient(points, lam, c))
+
+    def backgrounds(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """p_λ(z|c), p_λ(z) and p_λ(c|z) on the grid, each (n, n)."""
+        points = self.grid.points()
+        lam, c = _full(len(points), self.sliders["λ"].value), self.sliders["c"].value
+        shape = (self.grid.n, self.grid.n)
+        return (self.mixture.log_prob(points, lam, torch.full((len(points),), c)).exp().reshape(shape),
+                self.mixture.log_prob(points, lam).exp().reshape(shape),
+                self.mixture.posterior(points, lam)[:, c].reshape(shape))
+
+    def update(self) -> None:
+        longest = 0.9 * self.arrow_grid.cell  # the longest arrow spans 90% of the arrow spacing
+        backgrounds = self.backgrounds()
+        vmax = [backgrounds[0].max().item(), backgrounds[1].max().item(), 1.0]  # p(c|z) on a fixed [0, 1] scale
+        for image, quiver, background, top, field in zip(self.images, self.quivers, backgrounds, vmax,
+                                                         self.fields(self.arrow_grid.points())):
+            image.set_data(background.numpy())
+            image.set_clim(0, top)
+            field = field * longest / field.norm(dim=1).max().clamp_min(1e-12)
+            quiver.set_UVC(field[:, 0].numpy(), field[:, 1].numpy())
+        self.readout.value = f"{level_label(self.sliders['λ'].value)}, class c = {self.sliders['c'].value}"
+
+
+class Figure2Widget(SliderPanel):
+    """Figure 2 with a w slider: the unguided marginal beside Σ_c π_c π_w(x|c), π_w(x|c) ∝ p(x|c) p(c|x)^w.
+
+    The classifier log p(c|x) and log p(x|c) are computed once on the grid, so a new w costs one exp per class.
+    """
+
+    def __init__(self, mixture: GaussianMixture, grid: Grid2D | None = None, w: float = 4.0, high: float = 16.0):
+        self.mixture, self.grid = mixture, grid or Grid2D.covering(mixture, n=192)
+        points = self.grid.points()
+        self.log_conditional = mixture.log_prob_components(points).T  # (K, n*n): log p(x|c)
+        self.log_classifier = mixture.posterior(points).log().T  # (K, n*n): log p(c|x)
+        slider = w_slider(w, high=high)
+        super().__init__({"w": slider}, FigureView(2), GuidanceReadout(slider).label)
+        unguided = mix(mixture, self.conditionals(0.0))
+        density_image(self.view.axes[0], self.grid, unguided, title="unguided marginal p(x)")
+        self.image = density_image(self.view.axes[1], self.grid, unguided, title="")
+        self.view.figure.tight_layout()
+        self._on_change()
+
+    def conditionals(self, w: float) -> torch.Tensor:
+        """π_w(x|c) for every class, normalised on the grid, (K, n, n)."""
+        log_tilted = self.log_conditional + w * self.log_classifier  # (K, n*n)
+        return torch.stack([normalize(row, self.grid.cell).reshape(self.grid.n, self.grid.n) for row in log_tilted])
+
+    def update(self) -> None:
+        w = self.sliders["w"].value
+        target = mix(self.mixture, self.conditionals(w))
+        self.image.set_data(target.numpy())
+        self.image.set_clim(0, target.max().item())
+        self.image.axes.set_title(f"guided: {guidance_label(w)}", fontsize=9)
+
+
+# ---- timing every slider (python -m cfgedu bench-widgets) ----
+
+BENCHMARKS: dict[str, Callable[[], SliderPanel]] = {
+    "forward process (exact toy)": lambda: ForwardProcessWidget(GaussianMixture.three_gaussians()),
+    "scores and implicit classifier (exact toy)": lambda: ScoreFieldWidget(GaussianMixture.three_gaussians()),
+    "Figure 2 (exact toy)": lambda: Figure2Widget(GaussianMixture.three_gaussians()),
+}
+
+
+def slider_values(slider, moves: int) -> list:
+    """`moves` values cycling over the slider's range, each different from the one before (from its value)."""
+    ticks = torch.linspace(slider.min, slider.max, min(moves, 4) + 1).tolist()
+    ticks = sorted({type(slider.value)(round(t / slider.step) * slider.step) for t in ticks})
+    values, previous = [], slider.value
+    while len(values) < moves:
+        previous = next(t for t in ticks[len(values) % len(ticks):] + ticks if t != previous)
+        values.append(previous)
+    return values
+
+
+def time_sliders(panel: SliderPanel, moves: int = 5) -> dict[str, list[float]]:
+    """Seconds per update (compute + render) for each slider of a panel, moving it through its range."""
+    timings = {}
+    for name, slider in panel.sliders.items():
+        timings[name] = []
+        for value in slider_values(slider, moves):
+            slider.value = value
+            timings[name].append(panel.update_seconds)
+    return timings
