@@ -80,10 +80,14 @@ class GaussianMixture:
         variance = alpha**2 * self.eigenvalues[None] + sigma**2  # (B, K, D)
         return y, variance, sigma
 
+    def _gaussian_log_prob(self, y: torch.Tensor, variance: torch.Tensor) -> torch.Tensor:
+        """log N for whitened residuals y and variances (B, K, D), shape (B, K)."""
+        return -0.5 * (self.dim * math.log(2 * math.pi) + variance.log().sum(-1) + (y**2 / variance).sum(-1))
+
     def log_prob_components(self, z: torch.Tensor, lam: torch.Tensor | None = None) -> torch.Tensor:
         """log p_λ(z|c) for every c, shape (B, K)."""
         y, variance, _ = self._whitened(z, lam)
-        return -0.5 * (self.dim * math.log(2 * math.pi) + variance.log().sum(-1) + (y**2 / variance).sum(-1))
+        return self._gaussian_log_prob(y, variance)
 
     def log_prob(self, z: torch.Tensor, lam: torch.Tensor | None = None, c: torch.Tensor | None = None) -> torch.Tensor:
         """log p_λ(z|c) for labels c of shape (B,) (c = K or None gives the marginal log p_λ(z)), shape (B,)."""
@@ -99,16 +103,17 @@ class GaussianMixture:
         """p_λ(c|z) = softmax_c[log π_c + log p_λ(z|c)], shape (B, K)."""
         return torch.softmax(self.log_prob_components(z, lam) + self.weights.log(), dim=1)
 
-    def eps_components(self, z: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-        """ε*(z, c) = σ V_c^{−1}(z − α μ_c) for every c, shape (B, K, D)."""
+    def eps_components(self, z: torch.Tensor, lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """ε*(z, c) = σ V_c^{−1}(z − α μ_c) for every c, (B, K, D), and the posterior p_λ(c|z), (B, K)."""
         y, variance, sigma = self._whitened(z, lam)
-        return sigma * torch.einsum("bke,kde->bkd", y / variance, self.eigenvectors)
+        posterior = torch.softmax(self._gaussian_log_prob(y, variance) + self.weights.log(), dim=1)
+        return sigma * torch.einsum("bke,kde->bkd", y / variance, self.eigenvectors), posterior
 
     def eps(self, z: torch.Tensor, lam: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """ε*(z, c) for labels c (B,), with c = K giving ε*(z) = Σ_c p_λ(c|z) ε*(z, c); float64 (B, D)."""
         check_labels(c, self.num_classes, batch=z.shape[0])
-        per_class = self.eps_components(z, lam)  # (B, K, D)
-        marginal = torch.einsum("bk,bkd->bd", self.posterior(z, lam), per_class)
+        per_class, posterior = self.eps_components(z, lam)  # (B, K, D), (B, K)
+        marginal = torch.einsum("bk,bkd->bd", posterior, per_class)
         conditional = per_class[torch.arange(z.shape[0]), c.clamp(max=self.num_classes - 1)]
         return torch.where((c == self.num_classes)[:, None], marginal, conditional)
 
