@@ -184,7 +184,7 @@ def test_datasource_is_pure_disjoint_and_flips(official, tmp_path):
     inet.convert_pickles(src, tmp_path / "out", progress=False)
     data = inet.ImageNet64Data(tmp_path / "out", seed=3)
     assert data.num_classes == 1000 and data.data_shape == (3, 64, 64)
-    shards = [data.indices(5, 1, rank, 3, 2)[0] for rank in range(3)]
+    shards = [data.indices(5, 0, rank, 3, 2)[0] for rank in range(3)]
     assert len(set(np.concatenate(shards).tolist())) == 6  # three ranks, disjoint, the whole set
     x, c = data.batch(5, 1, 1, 3, 2)
     x2, c2 = data.batch(5, 1, 1, 3, 2)
@@ -197,16 +197,24 @@ def test_datasource_is_pure_disjoint_and_flips(official, tmp_path):
     flipped = sum(int(data.indices(s, 0, 0, 1, 6)[1].sum()) for s in range(100))
     assert 240 < flipped < 360  # Binomial(600, 1/2)
     assert not inet.ImageNet64Data(tmp_path / "out", flip=False).indices(5, 1, 1, 3, 2)[1].any()
+    # One step is the same global batch however it is split over processes and micro-steps.
+    whole = data.batch(7, 0, 0, 1, 6)
+    split = [data.batch(7, micro, rank, 3, 1) for micro in range(2) for rank in range(3)]
+    assert torch.equal(whole[0], torch.cat([x for x, _ in split])) and torch.equal(whole[1], torch.cat([c for _, c in split]))
 
 
-def test_distinct_draw_is_uniform_without_replacement():
-    generator = torch.Generator().manual_seed(0)
-    counts = np.zeros(1000)
-    for _ in range(200):
-        draw = inet.distinct_draw(1000, 50, generator).numpy()  # the O(k) path: n > 16k
-        assert len(set(draw.tolist())) == 50
-        counts[draw] += 1
-    assert abs(counts.mean() - 10) < 1e-9 and counts.std() < 4.5  # Binomial-like spread (sd ≈ 3.1)
+@pytest.mark.parametrize("n", [1000, 100_000])  # a permutation, and draws with repeats dropped
+def test_step_order_is_a_uniform_subset_with_stable_prefixes(n):
+    counts = np.zeros(n)
+    for seed in range(200):
+        order = inet.step_order(n, 60, torch.Generator().manual_seed(seed)).numpy()
+        assert len(set(order.tolist())) == 60
+        assert np.array_equal(inet.step_order(n, 25, torch.Generator().manual_seed(seed)).numpy(), order[:25])
+        counts[order] += 1
+    if n == 1000:  # each index is drawn 12 times in expectation with a Binomial-like spread (sd ≈ 3.4)
+        assert counts.sum() == 12_000 and 2.5 < counts.std() < 4.5
+    else:
+        assert abs(np.argwhere(counts).mean() - n / 2) < 0.05 * n  # drawn across the whole range
 
 
 def test_missing_folder_and_bad_rank_are_clear(official, tmp_path):
@@ -216,8 +224,8 @@ def test_missing_folder_and_bad_rank_are_clear(official, tmp_path):
     inet.convert_pickles(src, tmp_path / "out", progress=False)
     with pytest.raises(ValueError, match="rank"):
         inet.ImageNet64Data(tmp_path / "out").batch(0, 0, 3, 2, 1)
-    with pytest.raises(ValueError, match="exceeds"):
-        inet.ImageNet64Data(tmp_path / "out").batch(0, 0, 0, 2, 4)
+    with pytest.raises(ValueError, match="half of the"):
+        inet.step_order(100_000, 60_000, torch.Generator())
 
 
 def test_prepare_command(official, jpeg_folder, tmp_path, capsys):

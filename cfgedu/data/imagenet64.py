@@ -368,29 +368,41 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
     return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
-def distinct_draw(n: int, k: int, generator: torch.Generator) -> torch.Tensor:
-    """k distinct indices from 0..n-1: a uniformly random k-subset in random order, in O(k) for k << n.
+_CHUNK = 4096  # random draws are made in chunks of this size, so every prefix of a stream is reproducible
+_SMALL = 1 << 16  # below this many images, a step's order is a full random permutation
 
-    Independent draws with repeats dropped are sampling without replacement; randperm (O(n)) only
-    when the set is small.
+
+def _draws(generator: torch.Generator, count: int, draw) -> torch.Tensor:
+    """The first `count` values of the stream draw(_CHUNK), draw(_CHUNK), ... (the same prefix for any count)."""
+    return torch.cat([draw(_CHUNK) for _ in range(-(-count // _CHUNK))])[:count]
+
+
+def step_order(n: int, count: int, generator: torch.Generator) -> torch.Tensor:
+    """The first `count` indices of a step's random order of 0..n-1: distinct (a uniformly random subset
+    in random order) unless count > n, and the same prefix whatever `count` is.
+
+    Small sets: concatenated permutations. Large sets: i.i.d. draws with repeats dropped (that is sampling
+    without replacement), O(count) instead of O(n).
     """
-    if n <= 16 * k:
-        return torch.randperm(n, generator=generator)[:k]
-    draws = torch.empty(0, dtype=torch.long)
+    if n < _SMALL:
+        return torch.cat([torch.randperm(n, generator=generator) for _ in range(-(-count // n))])[:count]
+    if count > n // 2:
+        raise ValueError(f"a step of {count} examples needs at most half of the {n} images")
+    stream = torch.empty(0, dtype=torch.long)
     while True:
-        draws = torch.cat([draws, torch.randint(n, (2 * k,), generator=generator)])
-        _, first = np.unique(draws.numpy(), return_index=True)  # first occurrence of each distinct value
-        if len(first) >= k:
-            return draws[np.sort(first)[:k]]
+        stream = torch.cat([stream, torch.randint(n, (_CHUNK,), generator=generator)])
+        _, first = np.unique(stream.numpy(), return_index=True)  # first occurrence of each distinct value
+        if len(first) >= count:
+            return stream[np.sort(first)[:count]]
 
 
 class ImageNet64Data:
     """A DataSource over a prepared split: memory-mapped images in [-1, 1] with random horizontal flips.
 
-    batch(step, micro, rank, world_size, size) draws world_size·size distinct indices, uniformly and
-    without replacement, from a generator seeded by (seed, step, micro) alone, and hands rank r the
-    r-th disjoint slice (the role of DistributedSampler): a pure function, so a resumed run sees the
-    same data and ranks never overlap within a step.
+    Each step has one random order of the images and one flip decision per position, drawn from
+    generators seeded by (seed, step); the local batch of (micro, rank) is its slot of that order
+    (cfgedu.training.slot_offset). Ranks therefore get disjoint images (the role of DistributedSampler),
+    a step is the same for any split over processes and micro-steps, and resume is exact.
     """
 
     def __init__(self, root: Path, split: str = "train", *, flip: bool = True, seed: int = 0):
@@ -404,23 +416,65 @@ class ImageNet64Data:
 
     def indices(self, step: int, micro: int, rank: int, world_size: int, size: int) -> tuple[np.ndarray, torch.Tensor]:
         """(dataset indices (size,), flip mask (size,)) of this rank's micro-batch."""
+        from ..training import derive_seed, slot_offset
+
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in 0..{world_size - 1}, got {rank}")
-        total = world_size * size
-        if total > len(self):
-            raise ValueError(f"a global micro-batch of {total} exceeds the {len(self)} images in the split")
-        key = hashlib.sha256(f"{self.seed},{step},{micro}".encode()).digest()
-        generator = make_generator(int.from_bytes(key[:8], "little") >> 1)
-        chosen = distinct_draw(len(self), total, generator)  # (world·size,) the same on every rank
-        flips = torch.rand(total, generator=generator) < 0.5
-        shard = slice(rank * size, (rank + 1) * size)
-        return chosen[shard].numpy(), flips[shard] & self.flip
+        start = slot_offset(micro, rank, world_size, size)
+        order = step_order(len(self), start + size, make_generator(derive_seed(self.seed, step)))
+        flip_generator = make_generator(derive_seed(self.seed, step, 1))
+        flips = _draws(flip_generator, start + size, lambda k: torch.rand(k, generator=flip_generator)) < 0.5
+        return order[start:].numpy(), flips[start:] & self.flip
 
     def batch(self, step: int, micro: int, rank: int, world_size: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         index, flips = self.indices(step, micro, rank, world_size, size)
-        order = np.argsort(index)  # read the memory map in file order, then restore the drawn order
+        order = np.argsort(index, kind="stable")  # read the memory map in file order, then restore the drawn order
         pixels = np.empty((size, *self.data_shape), dtype=np.uint8)
         pixels[order] = self.images[index[order]]
         x = to_model_range(pixels)  # (size, 3, 64, 64)
         x = torch.where(flips[:, None, None, None], x.flip(-1), x)
         return x, torch.as_tensor(self.labels[index])
+
+
+@dataclass(frozen=True)
+class ImageNet64Source:
+    """The data config of the imagenet64 preset: build(seed) -> ImageNet64Data over a prepared folder's
+    train split. The field is named `data` so that `train --preset imagenet64 --data DIR` sets it."""
+
+    data: str = "data/imagenet64"
+    flip: bool = True
+
+    def build(self, seed: int) -> ImageNet64Data:
+        return ImageNet64Data(Path(self.data), "train", flip=self.flip, seed=seed)
+
+
+def synthetic_images(labels: np.ndarray, classes_shown: int, generator: np.random.Generator) -> np.ndarray:
+    """uint8 (N, 3, 64, 64) stand-in images: class k is a disc of its own colour and size on a dark noisy
+    background, so that a tiny model has something class-dependent to learn."""
+    yy, xx = np.mgrid[-1:1:64j, -1:1:64j]
+    hue = (labels % classes_shown) / classes_shown  # (N,)
+    colour = 0.5 + 0.5 * np.cos(2 * np.pi * (hue[:, None] - np.array([0, 1, 2]) / 3))  # (N, 3) on a colour wheel
+    radius = 0.3 + 0.5 * hue  # (N,)
+    disc = (xx ** 2 + yy ** 2)[None] < radius[:, None, None] ** 2  # (N, 64, 64)
+    pixels = 0.15 + 0.8 * disc[:, None] * colour[:, :, None, None] + 0.05 * generator.standard_normal((len(labels), 3, 64, 64))
+    return (pixels.clip(0, 1) * 255).round().astype(np.uint8)
+
+
+def write_synthetic_batches(src: Path, *, num_train: int = 256, num_val: int = 64, num_files: int = 2,
+                            classes_shown: int = 10, seed: int = 0) -> Path:
+    """Write stand-in train_data_batch_1..num_files and val_data in the official format (pickled dicts of
+    channel-planar uint8 rows, labels 1..1000, the per-pixel mean): real-format data for tests and demos."""
+    for name, value in (("num_train", num_train), ("num_val", num_val), ("num_files", num_files),
+                        ("classes_shown", classes_shown)):
+        check_positive_int(name, value)
+    src, generator = Path(src), np.random.default_rng(seed)
+    src.mkdir(parents=True, exist_ok=True)
+    labels = generator.integers(0, classes_shown, num_train + num_val)
+    rows = synthetic_images(labels, classes_shown, generator).reshape(len(labels), ROW_BYTES)
+    train_files = np.array_split(np.arange(num_train), num_files)
+    for k, index in enumerate(train_files, start=1):
+        record = {"data": rows[index], "labels": [int(c) + 1 for c in labels[index]], "mean": rows[:num_train].mean(0)}
+        (src / f"train_data_batch_{k}").write_bytes(pickle.dumps(record, protocol=2))
+    val = {"data": rows[num_train:], "labels": [int(c) + 1 for c in labels[num_train:]]}
+    (src / "val_data").write_bytes(pickle.dumps(val, protocol=2))
+    return src
