@@ -40,7 +40,7 @@ DEVICES = ("auto", "cpu", "cuda")
 # TrainConfig fields a resumed run may change: they decide how the steps are computed, not which steps.
 RESUMABLE_CHANGES = ("steps", "checkpoint_every", "log_every", "grad_accum", "per_device_batch", "precision",
                      "compile", "channels_last", "device")
-_NOISE_STREAM, _DROPOUT_STREAM = 1, 2
+_NOISE_STREAM, _DROPOUT_STREAM, _INIT_STREAM = 1, 2, 3
 
 
 @dataclass(frozen=True)
@@ -294,13 +294,6 @@ def _check_resumable(checkpoint: dict, model: nn.Module, kind: str, config: Trai
                          f"{', '.join(RESUMABLE_CHANGES)} may change: use another output folder")
 
 
-def _save_checkpoint(path: Path, model, ema, optimizer, config: TrainConfig, kind: str, step: int) -> None:
-    if not all(torch.isfinite(param).all() for param in model.parameters()):
-        raise FloatingPointError(f"non-finite weights after step {step}; kept the last good checkpoint {path}")
-    atomic_torch_save({"model": model_record(model, kind), "ema": ema.state_dict(),
-                       "optimizer": optimizer.state_dict(), "step": step, "train_config": asdict(config)}, path)
-
-
 def _trim_metrics(path: Path, last_step: int) -> None:
     """Keep the metric lines up to the resumed step (a killed run may have logged past its checkpoint)."""
     if not path.exists():
@@ -356,6 +349,29 @@ def _local_batch(data: DataSource, step: int, micro: int, processes: _Processes,
     return x, c.to(processes.device, non_blocking=True)
 
 
+@dataclass
+class _LogWindow:
+    """The steps since the last metrics record: their summed loss (carried across a resume) and timing."""
+
+    loss: float = 0.0
+    steps: int = 0
+    timed_steps: int = 0  # those taken by this process since `since`
+    since: float = dataclasses.field(default_factory=time.perf_counter)
+
+    def add(self, loss: float) -> None:
+        self.loss, self.steps, self.timed_steps = self.loss + loss, self.steps + 1, self.timed_steps + 1
+
+    def record(self, done: int, loss: float, grad_norm: float, config: TrainConfig, began: float) -> dict:
+        """The mean loss of the window, the last step's loss, lr and gradient norm, and the throughput; resets."""
+        now = time.perf_counter()
+        record = {"step": done, "loss": self.loss / self.steps, "last_loss": loss,
+                  "lr": learning_rate(config, done - 1), "grad_norm": grad_norm,
+                  "images_per_s": self.timed_steps * config.batch_size / max(now - self.since, 1e-9),
+                  "seconds": now - began}
+        self.loss, self.steps, self.timed_steps, self.since = 0.0, 0, 0, now
+        return record
+
+
 class _Trainer:
     """The state of one run: the network as trained (maybe DDP-wrapped and compiled), its EMA and AdamW."""
 
@@ -381,12 +397,21 @@ class _Trainer:
         if config.compile:
             self.net = torch.compile(self.net)
 
-    def restore(self, path: Path, kind: str) -> int:
+    def save(self, path: Path, kind: str, step: int, window: _LogWindow) -> None:
+        if not all(torch.isfinite(param).all() for param in self.model.parameters()):
+            raise FloatingPointError(f"non-finite weights after step {step}; kept the last good checkpoint {path}")
+        atomic_torch_save({"model": model_record(self.model, kind), "ema": self.ema.state_dict(),
+                           "optimizer": self.optimizer.state_dict(), "step": step,
+                           "train_config": asdict(self.config), "log_window": [window.loss, window.steps]}, path)
+
+    def restore(self, path: Path, kind: str, window: _LogWindow) -> int:
+        """Load a checkpoint written by save(); returns its step."""
         checkpoint = _check_checkpoint(safe_torch_load(path, self.processes.device), path)
         _check_resumable(checkpoint, self.model, kind, self.config, path)
         self.model.load_state_dict(checkpoint["model"]["state_dict"])
         self.ema.load_state_dict(checkpoint["ema"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
+        window.loss, window.steps = checkpoint.get("log_window", (0.0, 0))
         return int(checkpoint["step"])
 
     def step(self, step: int) -> tuple[float, float]:
@@ -445,46 +470,34 @@ def _run(trainer: _Trainer, out_dir: Path | None, kind: str, resume: bool, progr
 
     config, main = trainer.config, trainer.processes.is_main
     checkpoint = out_dir / CHECKPOINT if out_dir is not None else None
-    start = 0
+    start, window = 0, _LogWindow()
     if checkpoint is not None and checkpoint.exists():
         if not resume:
             raise ValueError(f"{checkpoint} exists: resume it (resume=True, or run the same command again) "
                              f"or choose another output folder")
-        start = trainer.restore(checkpoint, kind)
+        start = trainer.restore(checkpoint, kind, window)
     if out_dir is not None and main:
         out_dir.mkdir(parents=True, exist_ok=True)
         _trim_metrics(out_dir / METRICS, start)
     history, began = [], time.perf_counter()
-    window = {"loss": 0.0, "steps": 0, "since": began}
+    window.since = began
     with torch.random.fork_rng(devices=[trainer.processes.device] if trainer.processes.device.type == "cuda" else []), \
             tqdm(total=config.steps, initial=start, desc="train", unit="step", disable=not (progress and main)) as bar:
         for step in range(start, config.steps):
             loss, grad_norm = trainer.step(step)
             done = step + 1
-            window["loss"] += loss
-            window["steps"] += 1
+            window.add(loss)
             bar.update()
             if done % config.log_every == 0 or done == config.steps:
-                record = _log_record(window, done, loss, grad_norm, config, began)
+                record = window.record(done, loss, grad_norm, config, began)
                 history.append(record)
                 bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
                 if main:
                     _append_metrics(out_dir, record, on_log)
             if checkpoint is not None and main and (done == config.steps or
                                                     (config.checkpoint_every and done % config.checkpoint_every == 0)):
-                _save_checkpoint(checkpoint, trainer.model, trainer.ema, trainer.optimizer, config, kind, done)
+                trainer.save(checkpoint, kind, done, window)
     return TrainResult(trainer.model, trainer.ema, history, time.perf_counter() - began, max(start, config.steps))
-
-
-def _log_record(window: dict, done: int, loss: float, grad_norm: float, config: TrainConfig, began: float) -> dict:
-    """The mean loss since the last record, the last step's lr and gradient norm, and the throughput."""
-    now = time.perf_counter()
-    record = {"step": done, "loss": window["loss"] / window["steps"], "last_loss": loss,
-              "lr": learning_rate(config, done - 1), "grad_norm": grad_norm,
-              "images_per_s": window["steps"] * config.batch_size / max(now - window["since"], 1e-9),
-              "seconds": now - began}
-    window.update(loss=0.0, steps=0, since=now)
-    return record
 
 
 def _append_metrics(out_dir: Path | None, record: dict, on_log) -> None:
@@ -500,11 +513,16 @@ def _append_metrics(out_dir: Path | None, record: dict, on_log) -> None:
 CONFIG_JSON = "config.json"
 
 
+def _fixed_part(record: dict) -> dict:
+    """An experiment record without the training fields a resumed run may change."""
+    train = {key: value for key, value in record.get("train", {}).items() if key not in RESUMABLE_CHANGES}
+    return {**record, "train": train}
+
+
 def _check_same_experiment(path: Path, record: dict) -> None:
     """An output folder holds one experiment: only the RESUMABLE_CHANGES training fields may differ."""
     saved = json.loads(path.read_text())
-    strip = lambda r: {**r, "train": {k: v for k, v in r.get("train", {}).items() if k not in RESUMABLE_CHANGES}}
-    if strip(saved) != strip(json.loads(json.dumps(record))):
+    if _fixed_part(saved) != _fixed_part(json.loads(json.dumps(record))):
         raise ValueError(f"{path.parent} holds a run of preset {saved.get('preset')!r} with another network, data "
                          f"or training setup (see {path}): use another output folder")
 
@@ -516,13 +534,21 @@ def train_experiment(experiment, out_dir: Path, *, preset_name: str = "", requir
     out_dir/config.json records the experiment; an existing one must describe the same experiment.
     """
     out_dir = Path(out_dir)
-    if require_checkpoint and not (out_dir / CHECKPOINT).exists():
-        raise FileNotFoundError(f"no checkpoint to resume at {out_dir / CHECKPOINT}")
+    checkpoint, saved = out_dir / CHECKPOINT, out_dir / CONFIG_JSON
+    if require_checkpoint and not checkpoint.exists():
+        raise FileNotFoundError(f"no checkpoint to resume at {checkpoint}")
     record = {"preset": preset_name, **experiment.to_dict()}
-    if (out_dir / CHECKPOINT).exists() and (out_dir / CONFIG_JSON).exists():
-        _check_same_experiment(out_dir / CONFIG_JSON, record)
-    model = build_model(experiment.kind, asdict(experiment.model))
+    if checkpoint.exists() and saved.exists():
+        _check_same_experiment(saved, record)
+    with torch.random.fork_rng(devices=[]):  # networks initialise from the global generator: seed it, then restore
+        torch.manual_seed(derive_seed(experiment.train.seed, _INIT_STREAM))
+        model = build_model(experiment.kind, asdict(experiment.model))
     data = experiment.data.build(experiment.train.seed)
-    if os.environ.get("RANK", "0") == "0":
-        atomic_write_json(record, out_dir / CONFIG_JSON)
-    return train(model, data, experiment.train, out_dir, kind=experiment.kind, resume=True, progress=progress)
+    main = os.environ.get("RANK", "0") == "0"
+    verified = saved.exists() or not checkpoint.exists()  # else train() checks the checkpoint before we write
+    if main and verified:
+        atomic_write_json(record, saved)
+    result = train(model, data, experiment.train, out_dir, kind=experiment.kind, resume=True, progress=progress)
+    if main and not verified:
+        atomic_write_json(record, saved)
+    return result

@@ -56,7 +56,10 @@ def run(args) -> None:
     from ..training import train_experiment
 
     experiment = apply_overrides(preset(args.preset), override_pairs(args.overrides))
-    result = train_experiment(experiment, args.out, preset_name=args.preset, require_checkpoint=args.resume,
-                              progress=not args.no_progress)
+    try:
+        result = train_experiment(experiment, args.out, preset_name=args.preset, require_checkpoint=args.resume,
+                                  progress=not args.no_progress)
+    except FloatingPointError as error:  # a diverged run: one line, like every other CLI error
+        raise ValueError(str(error)) from None
     if os.environ.get("RANK", "0") == "0":
         print(f"trained to step {result.step} in {result.seconds:.1f} s; wrote {args.out / 'checkpoint.pt'}")
