@@ -478,3 +478,52 @@ def write_synthetic_batches(src: Path, *, num_train: int = 256, num_val: int = 6
     val = {"data": rows[num_train:], "labels": [int(c) + 1 for c in labels[num_train:]]}
     (src / "val_data").write_bytes(pickle.dumps(val, protocol=2))
     return src
+
+
+# ---------------------------------------------------------------------------------------------
+# Driving the run: the torchrun command, a tiny stand-in configuration, and the metrics log.
+# ---------------------------------------------------------------------------------------------
+
+# Overrides that shrink the imagenet64 preset to an imagenet64-shaped network (3x64x64 inputs, 1000
+# classes, ~50k parameters) that takes a few CPU steps in seconds: for tests and fast notebooks.
+TINY_OVERRIDES = {"steps": "2", "batch_size": "2", "per_device_batch": "1", "warmup_steps": "0",
+                  "precision": "fp32", "device": "cpu", "checkpoint_every": "1", "log_every": "1",
+                  "model.model_channels": "8", "model.channel_mult": "1,2", "model.num_res_blocks": "1",
+                  "model.attention_resolutions": "32", "model.head_channels": "8", "model.norm_groups": "4",
+                  "model.dropout": "0"}
+
+
+def launch_command(data: str | Path, out: str | Path, *, nproc_per_node: int = 8, nnodes: int = 1,
+                   node_rank: int = 0, master_addr: str = "MASTER_HOST", master_port: int = 29500,
+                   overrides: dict | None = None, launcher: tuple[str, ...] = ("torchrun",)) -> list[str]:
+    """The command that trains the imagenet64 preset on `nnodes` machines of `nproc_per_node` GPUs.
+
+    One machine: `torchrun --standalone`. Several: run the same command on every machine with its own
+    --node_rank (0 .. nnodes-1); --master_addr/--master_port name node 0, reachable from all. Running
+    the command again resumes from OUT/checkpoint.pt. The global batch stays 2048: fewer GPUs use more
+    gradient-accumulation micro-steps of 64 images each.
+    """
+    for name, value in (("nproc_per_node", nproc_per_node), ("nnodes", nnodes)):
+        check_positive_int(name, value)
+    if not 0 <= node_rank < nnodes:
+        raise ValueError(f"node_rank must be in 0..{nnodes - 1}, got {node_rank}")
+    command = [*launcher, f"--nproc_per_node={nproc_per_node}"]
+    if nnodes == 1:
+        command.append("--standalone")
+    else:
+        command += [f"--nnodes={nnodes}", f"--node_rank={node_rank}", f"--master_addr={master_addr}",
+                    f"--master_port={master_port}"]
+    command += ["-m", "cfgedu", "train", "--preset", "imagenet64", "--data", str(data), "--out", str(out)]
+    return command + [word for key, value in (overrides or {}).items() for word in (f"--{key}", str(value))]
+
+
+def read_new_metrics(path: Path, offset: int = 0) -> tuple[list[dict], int]:
+    """The complete JSON lines of a growing metrics.jsonl after byte `offset`, and the offset to read on from."""
+    path = Path(path)
+    if not path.is_file():
+        return [], offset
+    with path.open("rb") as handle:
+        handle.seek(offset)
+        text = handle.read()
+    complete = text[: text.rfind(b"\n") + 1]  # a line still being written waits for the next call
+    return [json.loads(line) for line in complete.splitlines() if line.strip()], offset + len(complete)
