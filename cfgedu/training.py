@@ -7,7 +7,9 @@ atomic checkpoints and exact resume.
 Every random draw is a pure function of (seed, step, position in the global batch): the DataSource hands out
 the examples, and the noise of a step (dropped labels, λ, ε) is drawn here for the whole global batch and
 sliced. So a run resumed after a crash, split over more processes, or accumulated over micro-batches takes
-the same optimisation steps, up to the order of floating-point sums.
+the same optimisation steps, up to the order of floating-point sums. (Dropout inside a network draws from
+the global generator, which is reseeded per (seed, step, micro, rank) and restored afterwards: exact on
+resume, but a different split gives different dropout masks.)
 """
 from __future__ import annotations
 
@@ -43,6 +45,11 @@ RESUMABLE_CHANGES = ("steps", "checkpoint_every", "log_every", "grad_accum", "pe
 _NOISE_STREAM, _DROPOUT_STREAM, _INIT_STREAM = 1, 2, 3
 
 
+def _check_count(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Hyperparameters of one run. batch_size is the global batch: summed over processes and micro-steps.
@@ -76,9 +83,7 @@ class TrainConfig:
         for name in ("steps", "batch_size", "grad_accum", "log_every"):
             check_positive_int(name, getattr(self, name))
         for name in ("warmup_steps", "checkpoint_every", "per_device_batch", "seed"):
-            if isinstance(getattr(self, name), bool) or int(getattr(self, name)) != getattr(self, name) \
-                    or getattr(self, name) < 0:
-                raise ValueError(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
+            _check_count(name, getattr(self, name))
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
         check_in_range("weight_decay", self.weight_decay, 0.0, math.inf)
@@ -479,6 +484,8 @@ def _run(trainer: _Trainer, out_dir: Path | None, kind: str, resume: bool, progr
     if out_dir is not None and main:
         out_dir.mkdir(parents=True, exist_ok=True)
         _trim_metrics(out_dir / METRICS, start)
+        for partial in out_dir.glob(f".{CHECKPOINT}.*.tmp"):  # a checkpoint write cut short by a kill
+            partial.unlink()
     history, began = [], time.perf_counter()
     window.since = began
     with torch.random.fork_rng(devices=[trainer.processes.device] if trainer.processes.device.type == "cuda" else []), \
