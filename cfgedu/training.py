@@ -354,6 +354,13 @@ def _local_batch(data: DataSource, step: int, micro: int, processes: _Processes,
     return x, c.to(processes.device, non_blocking=True)
 
 
+def _seed_global_generator(seed: int, device: torch.device) -> None:
+    """Seed the generators that dropout draws from: the CPU's and, on CUDA, this process's device."""
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        torch.cuda.manual_seed(seed)
+
+
 @dataclass
 class _LogWindow:
     """The steps since the last metrics record: their summed loss (carried across a resume) and timing."""
@@ -433,7 +440,8 @@ class _Trainer:
                                 self.micro_size)
             last = micro == self.accum - 1
             with nullcontext() if last or self.ddp is None else self.ddp.no_sync():
-                torch.manual_seed(derive_seed(config.seed, step, micro, processes.rank, _DROPOUT_STREAM))
+                _seed_global_generator(derive_seed(config.seed, step, micro, processes.rank, _DROPOUT_STREAM),
+                                       processes.device)
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16):
                     loss = algorithm1_loss(self.net, x, c, local, self.data.num_classes)
                 (loss / self.accum).backward()
