@@ -15,7 +15,10 @@ import torch
 from ..io import atomic_torch_save, safe_torch_load
 
 # kind -> "module:class"; the class has a `Config` dataclass type and takes it as its only argument.
-MODEL_KINDS: dict[str, str] = {}
+MODEL_KINDS: dict[str, str] = {
+    "mlp": "cfgedu.nets.mlp:EpsMLP",
+    "energy": "cfgedu.nets.mlp:EnergyMLP",
+}
 
 
 def register(kind: str, target: str) -> None:
