@@ -528,18 +528,23 @@ def _append_metrics(out_dir: Path | None, record: dict, on_log) -> None:
 CONFIG_JSON = "config.json"
 
 
-def _fixed_part(record: dict) -> dict:
-    """An experiment record without the training fields a resumed run may change."""
-    train = {key: value for key, value in record.get("train", {}).items() if key not in RESUMABLE_CHANGES}
-    return {**record, "train": train}
+def _flatten(record: dict, prefix: str = "") -> dict:
+    """{"train": {"lr": 1}} -> {"train.lr": 1}."""
+    flat = {}
+    for key, value in record.items():
+        flat.update(_flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return flat
 
 
 def _check_same_experiment(path: Path, record: dict) -> None:
     """An output folder holds one experiment: only the RESUMABLE_CHANGES training fields may differ."""
-    saved = json.loads(path.read_text())
-    if _fixed_part(saved) != _fixed_part(json.loads(json.dumps(record))):
-        raise ValueError(f"{path.parent} holds a run of preset {saved.get('preset')!r} with another network, data "
-                         f"or training setup (see {path}): use another output folder")
+    saved, now = _flatten(json.loads(path.read_text())), _flatten(json.loads(json.dumps(record)))
+    changed = [key for key in sorted(saved.keys() | now.keys()) if saved.get(key) != now.get(key)
+               and not (key.startswith("train.") and key[len("train."):] in RESUMABLE_CHANGES)]
+    if changed:
+        diffs = ", ".join(f"{key} {saved.get(key)!r} -> {now.get(key)!r}" for key in changed)
+        raise ValueError(f"{path.parent} holds a run of preset {saved.get('preset')!r} with another setup ({diffs}; "
+                         f"see {path}): use another output folder, or the same settings to resume it")
 
 
 def train_experiment(experiment, out_dir: Path, *, preset_name: str = "", require_checkpoint: bool = False,
