@@ -1,0 +1,147 @@
+"""`python -m cfgedu train`: presets and overrides, SIGKILL and resume, DDP under torchrun, one-line errors."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+
+from cfgedu.cli import main
+from cfgedu.config import apply_overrides, override_keys, preset
+from cfgedu.io import safe_torch_load
+from cfgedu.training import CHECKPOINT, METRICS, TrainConfig, load_checkpoint_model
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+TINY = ["--preset", "toy-tiny", "--no-progress"]
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "cfgedu", "train", *TINY, *args]
+
+
+def tensors(tree) -> list[torch.Tensor]:
+    """Every tensor in a nested checkpoint, in a fixed order."""
+    if isinstance(tree, torch.Tensor):
+        return [tree]
+    if isinstance(tree, dict):
+        return [t for key in sorted(tree, key=str) for t in tensors(tree[key])]
+    if isinstance(tree, (list, tuple)):
+        return [t for item in tree for t in tensors(item)]
+    return []
+
+
+def lines(path: Path, *keys: str) -> list[tuple]:
+    import json
+
+    return [tuple(json.loads(line)[k] for k in keys) for line in path.read_text().splitlines()]
+
+
+def test_sigkill_then_resume_ends_bit_identical(tmp_path):
+    args = ["--steps", "300", "--checkpoint_every", "10"]
+    straight = subprocess.Popen(cli("--out", str(tmp_path / "straight"), *args), env=ENV, cwd=tmp_path)
+    victim = subprocess.Popen(cli("--out", str(tmp_path / "killed"), *args), env=ENV, cwd=tmp_path)
+    checkpoint = tmp_path / "killed" / CHECKPOINT
+    while not checkpoint.exists() and victim.poll() is None:
+        time.sleep(0.005)
+    os.kill(victim.pid, signal.SIGKILL)
+    assert victim.wait() == -signal.SIGKILL
+    assert safe_torch_load(checkpoint)["step"] < 300  # killed mid-run
+    subprocess.run(cli("--out", str(tmp_path / "killed"), *args), env=ENV, cwd=tmp_path, check=True)
+    assert straight.wait() == 0
+    resumed, reference = safe_torch_load(checkpoint), safe_torch_load(tmp_path / "straight" / CHECKPOINT)
+    assert resumed["step"] == reference["step"] == 300
+    pairs = list(zip(tensors(resumed), tensors(reference), strict=True))
+    assert len(pairs) > 10 and all(torch.equal(a, b) for a, b in pairs)  # model, EMA and AdamW state
+    assert lines(tmp_path / "killed" / METRICS, "step", "loss") == lines(tmp_path / "straight" / METRICS, "step", "loss")
+
+
+def test_two_gloo_processes_take_the_single_process_step(tmp_path):
+    args = ["--steps", "3", "--batch_size", "32", "--log_every", "1"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                "-m", "cfgedu", "train", *TINY, "--out", str(tmp_path / "ddp"), *args]
+    ddp = subprocess.Popen(torchrun, env=ENV, cwd=tmp_path)
+    assert main(["train", *TINY, "--out", str(tmp_path / "one"), *args]) == 0  # meanwhile, in this process
+    assert ddp.wait(timeout=120) == 0
+    for use_ema in (False, True):
+        two = load_checkpoint_model(tmp_path / "ddp", use_ema=use_ema).state_dict()
+        one = load_checkpoint_model(tmp_path / "one", use_ema=use_ema).state_dict()
+        assert all(torch.allclose(two[k], one[k], atol=1e-6, rtol=1e-5) for k in one)
+    ema, raw = (load_checkpoint_model(tmp_path / "one", use_ema).state_dict() for use_ema in (True, False))
+    assert max((ema[k] - raw[k]).abs().max() for k in raw) > 1e-3  # the steps moved the weights away from the EMA
+    assert lines(tmp_path / "ddp" / METRICS, "step") == [(1,), (2,), (3,)]
+    assert [l for _, l in lines(tmp_path / "ddp" / METRICS, "step", "loss")] == pytest.approx(
+        [l for _, l in lines(tmp_path / "one" / METRICS, "step", "loss")], rel=1e-5)
+
+
+def error_of(capsys, *args: str) -> str:
+    assert main(["train", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("cfgedu train: error:") and "\n" not in err
+    return err
+
+
+def test_bad_inputs_give_one_line_errors(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert "unknown preset 'toy-tiy' (did you mean 'toy-tiny'?)" in error_of(capsys, "--preset", "toy-tiy", "--out", out)
+    assert "unknown option --stepz (did you mean --steps?)" in error_of(capsys, *TINY, "--out", out, "--stepz", "3")
+    assert "--steps needs a value" in error_of(capsys, *TINY, "--out", out, "--steps")
+    assert "cannot read 'many' as int" in error_of(capsys, *TINY, "--out", out, "--steps", "many")
+    assert "no checkpoint to resume" in error_of(capsys, *TINY, "--out", out, "--resume")
+
+
+def test_foreign_and_corrupted_checkpoints_are_refused(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--out", str(out), "--steps", "2", "--model.width", "8"]) == 0
+    assert "holds a run of preset 'toy-tiny' with another setup (model.width 8 -> 32;" in error_of(
+        capsys, *TINY, "--out", str(out), "--steps", "4")
+    (out / "config.json").unlink()  # the checkpoint alone still tells
+    assert "holds a 'mlp' network with config" in error_of(capsys, *TINY, "--out", str(out), "--steps", "4")
+    (out / CHECKPOINT).write_bytes(b"not a checkpoint")
+    assert "is not a readable cfgedu checkpoint" in error_of(capsys, *TINY, "--out", str(out), "--steps", "4",
+                                                             "--width", "8")
+    torch.save({"kind": "mlp"}, out / CHECKPOINT)
+    assert "is not a cfgedu training checkpoint" in error_of(capsys, *TINY, "--out", str(out), "--width", "8")
+
+
+def test_rerunning_a_finished_run_resumes_and_extends_it(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert main(["train", *TINY, "--out", out, "--steps", "4", "--log_every", "2"]) == 0
+    assert main(["train", *TINY, "--out", out, "--steps", "6", "--log_every", "2"]) == 0
+    assert "trained to step 6" in capsys.readouterr().out
+    assert lines(Path(out) / METRICS, "step") == [(2,), (4,), (6,)]
+
+
+def test_overrides_parse_into_the_field_types():
+    experiment = apply_overrides(preset("toy-tiny"), {
+        "steps": "7", "train.lr": "1e-3", "grad_clip": "none", "betas": "0.8, 0.95", "compile": "yes",
+        "model.width": "12", "precision": "bf16"})
+    assert experiment.train == TrainConfig(**{**experiment.train.__dict__, "steps": 7, "lr": 1e-3, "grad_clip": None,
+                                              "betas": (0.8, 0.95), "compile": True, "precision": "bf16"})
+    assert experiment.model.width == 12 and preset("toy-tiny").model.width != 12
+    assert "kind" not in override_keys(experiment) and "data.per_class" in override_keys(experiment)
+
+
+@dataclass(frozen=True)
+class Inner:
+    size: int = 1
+
+
+@dataclass(frozen=True)
+class Outer:
+    left: Inner = field(default_factory=Inner)
+    right: Inner = field(default_factory=Inner)
+
+
+def test_ambiguous_and_invalid_overrides_are_refused():
+    with pytest.raises(ValueError, match="ambiguous: write one of --left.size, --right.size"):
+        apply_overrides(Outer(), {"size": "2"})
+    assert apply_overrides(Outer(), {"right.size": "2"}) == Outer(Inner(1), Inner(2))
+    with pytest.raises(ValueError, match="lr must be a finite number > 0"):
+        apply_overrides(preset("toy-tiny"), {"lr": "-1"})
+    with pytest.raises(ValueError, match="cannot read '0.9' as tuple"):
+        apply_overrides(preset("toy-tiny"), {"betas": "0.9"})

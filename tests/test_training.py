@@ -1,0 +1,281 @@
+"""The training engine: Algorithm 1's loss, accumulation, warm-up, clipping, EMA, checkpoints, resume, NaN stop."""
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+
+import pytest
+import torch
+from torch import nn
+
+from cfgedu.config import MixtureSamples
+from cfgedu.io import safe_torch_load
+from cfgedu.losses import diffusion_loss
+from cfgedu.nets.mlp import EpsMLP, MLPConfig
+from cfgedu.training import (CHECKPOINT, METRICS, TensorData, TrainConfig, algorithm1_loss, draw_noise,
+                             learning_rate, load_checkpoint_model, slot_offset, train)
+
+KIND = "mlp"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest, and identically from run to run, on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return MixtureSamples(per_class=32).build(seed=0)
+
+
+def tiny_mlp(seed: int = 0) -> EpsMLP:
+    torch.manual_seed(seed)  # network initialisation only; training draws come from its own generators
+    return EpsMLP(MLPConfig(num_classes=3, width=16, depth=2, class_dim=4))
+
+
+def config(**changes) -> TrainConfig:
+    return dataclasses.replace(TrainConfig(steps=4, batch_size=16, lr=1e-2, ema_decay=0.9, log_every=1), **changes)
+
+
+def run(cfg: TrainConfig, data, out_dir=None, model=None, **kwargs):
+    return train(model or tiny_mlp(), data, cfg, out_dir, kind=KIND, progress=False, **kwargs)
+
+
+def weights(module: nn.Module | dict) -> torch.Tensor:
+    state = module.state_dict() if isinstance(module, nn.Module) else module
+    return torch.cat([t.detach().flatten() for t in state.values()])
+
+
+def test_whole_batch_noise_is_diffusion_loss_draws(data):
+    """With the whole batch, Algorithm 1 here is cfgedu.losses.diffusion_loss to the bit (same draws)."""
+    model, cfg = tiny_mlp(), config(p_uncond=0.3)
+    x, c = data.batch(0, 0, 0, 1, 16)
+    noise = draw_noise(16, data.data_shape, cfg, torch.Generator().manual_seed(5))
+    ours = algorithm1_loss(model, x, c, noise, null_label=3)
+    reference = diffusion_loss(model, x, c, p_uncond=0.3, num_classes=3, generator=torch.Generator().manual_seed(5))
+    assert ours.item() == reference.item()
+
+
+def test_slots_partition_the_global_batch(data):
+    """Every split of a step over processes and micro-steps hands out the same global batch."""
+    whole_x, whole_c = data.batch(3, 0, 0, 1, 16)
+    parts = [data.batch(3, micro, rank, 2, 4) for micro in range(2) for rank in range(2)]
+    assert torch.equal(torch.cat([p[0] for p in parts]), whole_x) and torch.equal(torch.cat([p[1] for p in parts]), whole_c)
+    assert [slot_offset(m, r, 2, 4) for m in range(2) for r in range(2)] == [0, 4, 8, 12]
+    assert not torch.equal(data.batch(4, 0, 0, 1, 16)[0], whole_x)  # a new step draws a new batch
+
+
+def test_gradient_accumulation_takes_the_full_batch_step(data):
+    full = run(config(), data)
+    accumulated = run(config(grad_accum=4), data)
+    per_device = run(config(per_device_batch=8), data)  # grad_accum derived: 16 / (1 · 8) = 2
+    assert torch.allclose(weights(accumulated.model), weights(full.model), atol=1e-6, rtol=0)
+    assert torch.allclose(weights(per_device.model), weights(full.model), atol=1e-6, rtol=0)
+    assert [r["loss"] for r in accumulated.history] == pytest.approx([r["loss"] for r in full.history], abs=1e-6)
+
+
+def test_micro_batch_sizes_and_their_errors():
+    assert TrainConfig(steps=1, batch_size=2048, per_device_batch=64).micro_batch(world_size=4) == (64, 8)
+    assert TrainConfig(steps=1, batch_size=2048, grad_accum=2).micro_batch(world_size=8) == (128, 2)
+    with pytest.raises(ValueError, match="not a multiple"):
+        TrainConfig(steps=1, batch_size=100, per_device_batch=64).micro_batch(1)
+    with pytest.raises(ValueError, match="not both"):
+        TrainConfig(steps=1, batch_size=128, per_device_batch=64, grad_accum=2)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"steps": 0}, "steps"), ({"lr": math.nan}, "lr"), ({"grad_clip": -1.0}, "grad_clip"),
+    ({"ema_decay": 1.5}, "ema_decay"), ({"p_uncond": -0.1}, "p_uncond"), ({"precision": "fp16"}, "precision"),
+    ({"lambda_min": 5.0, "lambda_max": 1.0}, "lambda_min"), ({"betas": (0.9, 1.0)}, "betas"),
+    ({"device": "tpu"}, "device"), ({"checkpoint_every": -1}, "checkpoint_every")])
+def test_bad_configs_are_refused(changes, message):
+    with pytest.raises(ValueError, match=message):
+        config(**changes)
+
+
+def test_linear_warmup_then_constant(data):
+    cfg = config(warmup_steps=4, steps=6, lr=0.1)
+    assert [learning_rate(cfg, s) for s in range(6)] == pytest.approx([0.025, 0.05, 0.075, 0.1, 0.1, 0.1])
+    assert [r["lr"] for r in run(cfg, data).history] == pytest.approx([0.025, 0.05, 0.075, 0.1, 0.1, 0.1])
+
+
+def test_gradient_clipping_bounds_the_first_adam_step(data):
+    """Adam's first step is lr·g/(|g| + 1e-8) elementwise: about lr unclipped, under lr·norm/1e-8 when the
+    gradient is clipped to a tiny norm; the logged norm is the one before clipping."""
+    before = weights(tiny_mlp())
+    free = run(config(steps=1, grad_clip=None, lr=1e-3), data)
+    clipped = run(config(steps=1, grad_clip=1e-12, lr=1e-3), data)
+    assert (weights(free.model) - before).abs().max() == pytest.approx(1e-3, rel=1e-3)
+    assert (weights(clipped.model) - before).abs().max() < 1e-3 * 1e-12 / 1e-8 * 1.01
+    assert clipped.history[0]["grad_norm"] == pytest.approx(free.history[0]["grad_norm"])
+
+
+def test_ema_is_the_exponential_average_of_the_weights(data):
+    start = weights(tiny_mlp())
+    result = run(config(steps=1, ema_decay=0.75), data)
+    assert torch.allclose(weights(result.ema), 0.75 * start + 0.25 * weights(result.model), atol=1e-7)
+    assert not any(p.requires_grad for p in result.ema.parameters())
+
+
+def test_metrics_log_and_checkpoint(data, tmp_path):
+    seen = []
+    result = run(config(steps=6, log_every=2, checkpoint_every=4), data, tmp_path, on_log=seen.append)
+    lines = [json.loads(line) for line in (tmp_path / METRICS).read_text().splitlines()]
+    assert [line["step"] for line in lines] == [2, 4, 6] and lines == result.history == seen
+    assert all(line["images_per_s"] > 0 and line["grad_norm"] > 0 for line in lines)
+    checkpoint = safe_torch_load(tmp_path / CHECKPOINT)
+    assert checkpoint["step"] == 6 and checkpoint["train_config"]["steps"] == 6
+    assert torch.equal(weights(load_checkpoint_model(tmp_path)), weights(result.ema))
+    assert torch.equal(weights(load_checkpoint_model(tmp_path / CHECKPOINT, use_ema=False)), weights(result.model))
+
+
+def test_resume_continues_exactly(data, tmp_path):
+    straight = run(config(steps=6), data, tmp_path / "straight")
+    run(config(steps=3), data, tmp_path / "split")
+    (tmp_path / "split" / f".{CHECKPOINT}.x1.tmp").write_bytes(b"a write cut short by a kill")
+    with pytest.raises(ValueError, match="exists: resume it"):
+        run(config(steps=6), data, tmp_path / "split")
+    resumed = run(config(steps=6), data, tmp_path / "split", resume=True)
+    assert resumed.step == 6 and [r["step"] for r in resumed.history] == [4, 5, 6]
+    assert torch.equal(weights(resumed.model), weights(straight.model))
+    assert torch.equal(weights(resumed.ema), weights(straight.ema))
+    assert sorted(p.name for p in (tmp_path / "split").iterdir()) == [CHECKPOINT, METRICS]
+
+
+def test_resume_refuses_another_network_or_setup(data, tmp_path):
+    run(config(steps=2), data, tmp_path)
+    other = EpsMLP(MLPConfig(num_classes=3, width=8, depth=1, class_dim=4))
+    with pytest.raises(ValueError, match="another output folder"):
+        run(config(steps=4), data, tmp_path, model=other, resume=True)
+    with pytest.raises(ValueError, match=r"lr 0.01 -> 0.5"):
+        run(config(steps=4, lr=0.5), data, tmp_path, resume=True)
+
+
+class PoisonedData:
+    """The tiny data set, with NaN inputs from step `bad_step` on."""
+
+    def __init__(self, data, bad_step):
+        self.data, self.bad_step = data, bad_step
+        self.num_classes, self.data_shape = data.num_classes, data.data_shape
+
+    def batch(self, step, micro, rank, world_size, size):
+        x, c = self.data.batch(step, micro, rank, world_size, size)
+        return (x * math.nan if step >= self.bad_step else x), c
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data, tmp_path):
+    good = run(config(steps=5), data)
+    with pytest.raises(FloatingPointError, match="at step 6"):
+        run(config(steps=8, checkpoint_every=1), PoisonedData(data, bad_step=5), tmp_path)
+    saved = safe_torch_load(tmp_path / CHECKPOINT)
+    assert saved["step"] == 5 and torch.equal(weights(saved["model"]["state_dict"]), weights(good.model))
+    assert not list(tmp_path.glob(".*.tmp"))  # nothing half-written is left behind
+    assert (tmp_path / METRICS).read_text().count("\n") == 5
+
+
+def test_bf16_falls_back_to_fp32_on_the_cpu(data):
+    with pytest.warns(UserWarning, match="CUDA-only"):
+        bf16 = run(config(precision="bf16"), data)
+    assert torch.equal(weights(bf16.model), weights(run(config(), data).model))
+
+
+@dataclass(frozen=True)
+class ConvConfig:
+    num_classes: int = 2
+    channels: int = 4
+
+
+class TinyConvNet(nn.Module):
+    """ε_θ(z, λ, c) from two 3x3 convolutions, with λ and c added as per-channel biases."""
+
+    Config = ConvConfig
+
+    def __init__(self, config: ConvConfig):
+        super().__init__()
+        self.config, self.num_classes = config, config.num_classes
+        self.inp, self.out = nn.Conv2d(1, config.channels, 3, padding=1), nn.Conv2d(config.channels, 1, 3, padding=1)
+        self.label = nn.Embedding(config.num_classes + 1, config.channels)
+
+    def forward(self, z, lam, c):
+        h = self.inp(z) + self.label(c)[:, :, None, None] + lam[:, None, None, None] / 20
+        return self.out(torch.nn.functional.silu(h))
+
+
+@dataclass(frozen=True)
+class DropoutConfig:
+    num_classes: int = 3
+    p: float = 0.5
+
+
+class DropoutNet(nn.Module):
+    """A linear ε-model with heavy dropout: its steps depend on the dropout masks."""
+
+    Config = DropoutConfig
+
+    def __init__(self, config: DropoutConfig):
+        super().__init__()
+        self.config, self.num_classes = config, config.num_classes
+        self.hidden, self.out, self.drop = nn.Linear(3, 16), nn.Linear(16, 2), nn.Dropout(config.p)
+        self.label = nn.Embedding(config.num_classes + 1, 16)
+
+    def forward(self, z, lam, c):
+        return self.out(self.drop(torch.relu(self.hidden(torch.cat([z, lam[:, None] / 20], 1)) + self.label(c))))
+
+
+def test_dropout_is_exact_on_resume_and_leaves_the_global_generator_alone(data, tmp_path):
+    def dropout_run(steps, out_dir, **kwargs):
+        torch.manual_seed(0)
+        model, state = DropoutNet(DropoutConfig()), torch.get_rng_state()
+        result = run(config(steps=steps), data, out_dir, model=model, **kwargs)
+        assert torch.equal(torch.get_rng_state(), state)
+        return result
+
+    straight = dropout_run(4, tmp_path / "straight")
+    dropout_run(2, tmp_path / "split")
+    resumed = dropout_run(4, tmp_path / "split", resume=True)
+    assert torch.equal(weights(resumed.model), weights(straight.model))
+
+
+def test_channels_last_takes_the_same_steps():
+    images = TensorData(torch.randn(24, 1, 6, 6, generator=torch.Generator().manual_seed(0)),
+                        torch.arange(24) % 2, num_classes=2)
+    results = []
+    for channels_last in (False, True):
+        torch.manual_seed(0)
+        results.append(train(TinyConvNet(ConvConfig()), images, config(channels_last=channels_last), kind="conv",
+                             progress=False))
+    assert results[1].model.inp.weight.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(weights(results[0].model), weights(results[1].model), atol=1e-6)
+
+
+def test_bad_arguments_are_refused(data):
+    with pytest.raises(ValueError, match="classes"):
+        run(config(), data, model=EpsMLP(MLPConfig(num_classes=5)))
+    with pytest.raises(ValueError, match="TrainConfig"):
+        train(tiny_mlp(), data, {"steps": 1}, kind=KIND)
+    with pytest.raises(ValueError, match="kind"):
+        train(tiny_mlp(), data, config(), kind="")
+
+
+def test_compile_option_compiles_the_network_and_takes_the_same_steps(data, tmp_path, monkeypatch):
+    compiled, compile_ = [], torch.compile
+
+    def eager_compile(module):  # the real torch.compile with the eager backend: no C++ build in a unit test
+        compiled.append(module)
+        return compile_(module, backend="eager")
+
+    monkeypatch.setattr(torch, "compile", eager_compile)
+    result = run(config(compile=True), data, tmp_path)
+    assert len(compiled) == 1 and compiled[0] is result.model
+    assert torch.allclose(weights(result.model), weights(run(config(), data).model), atol=1e-6)
+    assert safe_torch_load(tmp_path / CHECKPOINT)["model"]["state_dict"].keys() == tiny_mlp().state_dict().keys()
+
+
+def test_progress_bar_counts_the_steps(data, capsys):
+    train(tiny_mlp(), data, config(steps=3), kind=KIND)
+    bar = capsys.readouterr().err
+    assert "train" in bar and "3/3" in bar
