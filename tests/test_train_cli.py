@@ -61,9 +61,10 @@ def test_sigkill_then_resume_ends_bit_identical(tmp_path):
 
 
 def test_two_gloo_processes_take_the_single_process_step(tmp_path):
+    """2 processes x 2 accumulated micro-batches of 8 (DDP averaging, no_sync) against 1 process x 32."""
     args = ["--steps", "3", "--batch_size", "32", "--log_every", "1"]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                "-m", "cfgedu", "train", *TINY, "--out", str(tmp_path / "ddp"), *args]
+                "-m", "cfgedu", "train", *TINY, "--out", str(tmp_path / "ddp"), *args, "--grad_accum", "2"]
     ddp = subprocess.Popen(torchrun, env=ENV, cwd=tmp_path)
     assert main(["train", *TINY, "--out", str(tmp_path / "one"), *args]) == 0  # meanwhile, in this process
     assert ddp.wait(timeout=120) == 0
