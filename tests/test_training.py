@@ -197,10 +197,11 @@ class TinyConvNet(nn.Module):
     def __init__(self, config: ConvConfig):
         super().__init__()
         self.config, self.num_classes = config, config.num_classes
-        self.inp, self.out = nn.Conv2d(1, config.channels, 3, padding=1), nn.Conv2d(config.channels, 1, 3, padding=1)
+        self.inp, self.out = nn.Conv2d(2, config.channels, 3, padding=1), nn.Conv2d(config.channels, 2, 3, padding=1)
         self.label = nn.Embedding(config.num_classes + 1, config.channels)
 
     def forward(self, z, lam, c):
+        self.input_channels_last = z.is_contiguous(memory_format=torch.channels_last)
         h = self.inp(z) + self.label(c)[:, :, None, None] + lam[:, None, None, None] / 20
         return self.out(torch.nn.functional.silu(h))
 
@@ -241,7 +242,7 @@ def test_dropout_is_exact_on_resume_and_leaves_the_global_generator_alone(data, 
 
 
 def test_channels_last_takes_the_same_steps():
-    images = TensorData(torch.randn(24, 1, 6, 6, generator=torch.Generator().manual_seed(0)),
+    images = TensorData(torch.randn(24, 2, 6, 6, generator=torch.Generator().manual_seed(0)),
                         torch.arange(24) % 2, num_classes=2)
     results = []
     for channels_last in (False, True):
@@ -249,6 +250,7 @@ def test_channels_last_takes_the_same_steps():
         results.append(train(TinyConvNet(ConvConfig()), images, config(channels_last=channels_last), kind="conv",
                              progress=False))
     assert results[1].model.inp.weight.is_contiguous(memory_format=torch.channels_last)
+    assert results[1].model.input_channels_last and not results[0].model.input_channels_last
     assert torch.allclose(weights(results[0].model), weights(results[1].model), atol=1e-6)
 
 
