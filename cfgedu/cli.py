@@ -9,6 +9,7 @@ import sys
 COMMANDS = {
     "figure2": "cfgedu.commands.figure2",
     "train": "cfgedu.commands.train",
+    "describe": "cfgedu.commands.describe",
     "prepare-imagenet64": "cfgedu.commands.prepare_imagenet64",
     "bench-widgets": "cfgedu.commands.bench_widgets",
 }

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib
+import json
 import types
 import typing
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from typing import Any
 PRESETS: dict[str, str] = {
     "toy-tiny": "cfgedu.config:toy_tiny",
     "imagenet64": "cfgedu.config:imagenet64",
+    "digits": "cfgedu.config:digits",
 }
 
 _TRUE, _FALSE = ("true", "yes", "1", "on"), ("false", "no", "0", "off")
@@ -35,10 +37,12 @@ class Experiment:
     train: Any = None  # cfgedu.training.TrainConfig
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "model": dataclasses.asdict(self.model),
-                "data": {"type": f"{type(self.data).__module__}.{type(self.data).__qualname__}",
-                         **dataclasses.asdict(self.data)},
-                "train": dataclasses.asdict(self.train)}
+        """A JSON-ready description (tuples become lists, paths and other objects their str)."""
+        record = {"kind": self.kind, "model": dataclasses.asdict(self.model),
+                  "data": {"type": f"{type(self.data).__module__}.{type(self.data).__qualname__}",
+                           **dataclasses.asdict(self.data)},
+                  "train": dataclasses.asdict(self.train)}
+        return json.loads(json.dumps(record, default=str))
 
 
 def preset(name: str) -> Experiment:
@@ -166,6 +170,20 @@ def toy_tiny() -> Experiment:
     return Experiment("mlp", MLPConfig(num_classes=3, width=32, depth=2, class_dim=8), MixtureSamples(),
                       TrainConfig(steps=200, batch_size=64, lr=2e-3, ema_decay=0.99, p_uncond=0.2,
                                   checkpoint_every=50, log_every=20))
+
+
+# ---------------------------------------------------------------------------------------------- digits
+
+
+def digits() -> Experiment:
+    """A ~1.4M-parameter ε-U-Net on scikit-learn's digits at 16x16: about 10 minutes on a 2-core CPU."""
+    from .data.digits import DigitsData
+    from .nets.unet import unet_preset
+    from .training import TrainConfig
+
+    return Experiment("unet", unet_preset("digits"), DigitsData(size=16),
+                      TrainConfig(steps=1500, batch_size=64, lr=1e-3, warmup_steps=100, grad_clip=1.0,
+                                  ema_decay=0.999, p_uncond=0.1, checkpoint_every=250, log_every=25))
 
 
 # ---------------------------------------------------------------------------------------------- imagenet64

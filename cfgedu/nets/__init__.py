@@ -16,6 +16,7 @@ from ..io import atomic_torch_save, safe_torch_load
 
 # kind -> "module:class"; the class has a `Config` dataclass type and takes it as its only argument.
 MODEL_KINDS: dict[str, str] = {
+    "unet": "cfgedu.nets.unet:UNet",
     "mlp": "cfgedu.nets.mlp:EpsMLP",
     "energy": "cfgedu.nets.mlp:EnergyMLP",
 }
