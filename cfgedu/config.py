@@ -15,6 +15,7 @@ import json
 import types
 import typing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 # name -> "module:function" returning an Experiment.
@@ -89,7 +90,7 @@ def _resolve_key(config, key: str) -> str:
 
 
 def parse_value(text: str, annotation, name: str):
-    """`text` converted to the type `annotation` (int, float, bool, str, X | None, tuple[...])."""
+    """`text` converted to the type `annotation` (int, float, bool, str, Path, X | None, tuple[...])."""
     text = str(text).strip()
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     try:
@@ -107,7 +108,7 @@ def parse_value(text: str, annotation, name: str):
             if text.lower() not in _TRUE + _FALSE:
                 raise ValueError("expected true or false")
             return text.lower() in _TRUE
-        if annotation in (int, float, str):
+        if annotation in (int, float, str, Path):
             return annotation(text)
     except (ValueError, TypeError) as error:
         raise ValueError(f"--{name}: cannot read {text!r} as {_type_name(annotation)} ({error})") from None

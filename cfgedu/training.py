@@ -538,7 +538,7 @@ def _flatten(record: dict, prefix: str = "") -> dict:
 
 def _check_same_experiment(path: Path, record: dict) -> None:
     """An output folder holds one experiment: only the RESUMABLE_CHANGES training fields may differ."""
-    saved, now = _flatten(json.loads(path.read_text())), _flatten(json.loads(json.dumps(record)))
+    saved, now = _flatten(json.loads(path.read_text())), _flatten(record)
     changed = [key for key in sorted(saved.keys() | now.keys()) if saved.get(key) != now.get(key)
                and not (key.startswith("train.") and key[len("train."):] in RESUMABLE_CHANGES)]
     if changed:

@@ -130,6 +130,7 @@ def test_overrides_parse_into_the_field_types():
 @dataclass(frozen=True)
 class Inner:
     size: int = 1
+    root: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,8 @@ def test_ambiguous_and_invalid_overrides_are_refused():
     with pytest.raises(ValueError, match="ambiguous: write one of --left.size, --right.size"):
         apply_overrides(Outer(), {"size": "2"})
     assert apply_overrides(Outer(), {"right.size": "2"}) == Outer(Inner(1), Inner(2))
+    assert apply_overrides(Outer(), {"left.root": "data/x"}).left.root == Path("data/x")
+    assert apply_overrides(Outer(), {"left.root": "None"}).left.root is None
     with pytest.raises(ValueError, match="lr must be a finite number > 0"):
         apply_overrides(preset("toy-tiny"), {"lr": "-1"})
     with pytest.raises(ValueError, match="cannot read '0.9' as tuple"):
