@@ -10,6 +10,7 @@ bytes. This behaves the same in JupyterLab, under nbval and without any kernel (
 Conventions the browser test relies on: the w slider carries the CSS class `cfgedu-w-slider`, its readout
 `cfgedu-w-readout`, and every figure `cfgedu-figure` (use `w_slider`, `GuidanceReadout` and `FigureView`).
 Every slider panel registers a small factory in `BENCHMARKS` so `python -m cfgedu bench-widgets` times it.
+tests/test_browser.py drives every notebook whose source calls a `...Slider(`, `..._slider(` or `...Widget(`.
 """
 from __future__ import annotations
 
@@ -45,7 +46,8 @@ class FigureView:
         self.figure = Figure(figsize=(panel_inches * ncols, panel_inches + 0.3), dpi=dpi)
         FigureCanvasAgg(self.figure)
         self.axes = self.figure.subplots(1, ncols, squeeze=False)[0]
-        self.image = ipywidgets.Image(format="png")
+        width, _ = self.figure.canvas.get_width_height()
+        self.image = ipywidgets.Image(format="png", layout=ipywidgets.Layout(width=f"{width}px"))  # not stretched
         self.image.add_class("cfgedu-figure")
 
     def refresh(self) -> None:
