@@ -10,7 +10,9 @@ HELP = ("Train a preset's network with Algorithm 1 (label dropout, λ ~ p(λ), �
 
 
 def add_arguments(parser):
-    parser.add_argument("--preset", required=True, help="named experiment (see cfgedu.config.PRESETS)")
+    from ..config import PRESETS
+
+    parser.add_argument("--preset", required=True, help=f"named experiment: {', '.join(sorted(PRESETS))}")
     parser.add_argument("--out", type=Path, required=True,
                         help="output folder: checkpoint.pt, metrics.jsonl and config.json")
     parser.add_argument("--resume", action="store_true",
