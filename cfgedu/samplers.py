@@ -5,6 +5,8 @@ comes from the `generator` argument. A guided model is just another eps_model (s
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from tqdm.auto import tqdm
 
@@ -15,6 +17,7 @@ from .schedule import LogSNRSchedule, alpha_sigma, posterior, transition
 from .tensors import expand_like
 
 METHODS = ("ancestral", "ddim")
+Corrector = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
 
 
 def ancestral_step(z: torch.Tensor, x_hat: torch.Tensor, lam: torch.Tensor, lam_next: torch.Tensor,
@@ -44,11 +47,14 @@ def denoise(eps_model: EpsModel, z: torch.Tensor, lam: torch.Tensor, c: torch.Te
 def sample(eps_model: EpsModel, data_shape: tuple[int, ...], c: torch.Tensor, *, generator: torch.Generator,
            schedule: LogSNRSchedule = LogSNRSchedule(), steps: int = 256, v: float = 0.3,
            method: str = "ancestral", dtype: torch.dtype = torch.float32, clip_x: float | None = None,
-           num_classes: int | None = None, trajectory: bool = False, progress: bool = False):
+           num_classes: int | None = None, trajectory: bool = False, progress: bool = False,
+           corrector: Corrector | None = None):
     """Draw len(c) samples with Algorithm 2 (or DDIM) and return x̂ at λ_max, shape (B, *data_shape).
 
     With trajectory=True also returns the list of z_t, one (B, *data_shape) tensor per grid point.
     Labels are checked against num_classes (or eps_model.num_classes) when known.
+    `corrector(z, lam, c, generator) -> z`, if given, is applied after every step at the λ the new state
+    belongs to (λ_{t+1}, and λ_T for the final x̂), e.g. Langevin/MALA steps (see cfgedu.correctors).
     """
     steps = check_positive_int("steps", steps)
     v = check_in_range("v", v, 0.0, 1.0)
@@ -70,5 +76,7 @@ def sample(eps_model: EpsModel, data_shape: tuple[int, ...], c: torch.Tensor, *,
             z = ancestral_step(z, x_hat, lam, grid[t + 1].expand(len(c)), v, generator)
         else:
             z = ddim_step(z, x_hat, lam, grid[t + 1].expand(len(c)))
+        if corrector is not None:
+            z = corrector(z, grid[min(t + 1, steps - 1)].expand(len(c)), c, generator)
         path.append(z)
     return (z, path) if trajectory else z
