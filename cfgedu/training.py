@@ -185,7 +185,7 @@ class TensorData:
 
 @dataclass
 class StepNoise:
-    """Algorithm 1's draws for a batch: which labels drop to ∅ (step 2), λ ~ p(λ) (step 3), ε ~ N(0, I) (step 4)."""
+    """Algorithm 1's draws for a batch: labels dropped to ∅ (step 2), λ ~ p(λ) (step 3), ε ~ N(0, I) (step 4)."""
 
     drop: torch.Tensor  # (B,) bool
     lam: torch.Tensor  # (B,)
@@ -205,7 +205,7 @@ def draw_noise(batch: int, data_shape: tuple[int, ...], config: TrainConfig, gen
 
 
 def algorithm1_loss(eps_model, x: torch.Tensor, c: torch.Tensor, noise: StepNoise, null_label: int) -> torch.Tensor:
-    """Mean of ‖ε_θ(z_λ, c̃) − ε‖² over every element, z_λ = α_λ x + σ_λ ε, c̃ = ∅ where noise.drop (Eq. 5)."""
+    """Mean of ‖ε_θ(z_λ, c̃) − ε‖² over all elements, z_λ = α_λ x + σ_λ ε, c̃ = ∅ where noise.drop (Eq. 5)."""
     c = torch.where(noise.drop, torch.full_like(c, null_label), c)
     z = q_sample(x, noise.lam, noise.eps)
     return torch.mean((eps_model(z, noise.lam, c).float() - noise.eps) ** 2)

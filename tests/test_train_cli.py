@@ -1,4 +1,5 @@
 """`python -m cfgedu train`: presets and overrides, SIGKILL and resume, DDP under torchrun, one-line errors."""
+import json
 import os
 import signal
 import subprocess
@@ -36,8 +37,6 @@ def tensors(tree) -> list[torch.Tensor]:
 
 
 def lines(path: Path, *keys: str) -> list[tuple]:
-    import json
-
     return [tuple(json.loads(line)[k] for k in keys) for line in path.read_text().splitlines()]
 
 
@@ -49,15 +48,16 @@ def test_sigkill_then_resume_ends_bit_identical(tmp_path):
     while not checkpoint.exists() and victim.poll() is None:
         time.sleep(0.005)
     os.kill(victim.pid, signal.SIGKILL)
-    assert victim.wait() == -signal.SIGKILL
+    assert victim.wait(timeout=60) == -signal.SIGKILL
     assert safe_torch_load(checkpoint)["step"] < 300  # killed mid-run
-    subprocess.run(cli("--out", str(tmp_path / "killed"), *args), env=ENV, cwd=tmp_path, check=True)
-    assert straight.wait() == 0
+    subprocess.run(cli("--out", str(tmp_path / "killed"), *args), env=ENV, cwd=tmp_path, check=True, timeout=180)
+    assert straight.wait(timeout=180) == 0
     resumed, reference = safe_torch_load(checkpoint), safe_torch_load(tmp_path / "straight" / CHECKPOINT)
     assert resumed["step"] == reference["step"] == 300
     pairs = list(zip(tensors(resumed), tensors(reference), strict=True))
     assert len(pairs) > 10 and all(torch.equal(a, b) for a, b in pairs)  # model, EMA and AdamW state
-    assert lines(tmp_path / "killed" / METRICS, "step", "loss") == lines(tmp_path / "straight" / METRICS, "step", "loss")
+    logged = [lines(tmp_path / run / METRICS, "step", "loss") for run in ("killed", "straight")]
+    assert logged[0] == logged[1]
 
 
 def test_two_gloo_processes_take_the_single_process_step(tmp_path):
@@ -67,7 +67,7 @@ def test_two_gloo_processes_take_the_single_process_step(tmp_path):
                 "-m", "cfgedu", "train", *TINY, "--out", str(tmp_path / "ddp"), *args, "--grad_accum", "2"]
     ddp = subprocess.Popen(torchrun, env=ENV, cwd=tmp_path)
     assert main(["train", *TINY, "--out", str(tmp_path / "one"), *args]) == 0  # meanwhile, in this process
-    assert ddp.wait(timeout=120) == 0
+    assert ddp.wait(timeout=180) == 0
     for use_ema in (False, True):
         two = load_checkpoint_model(tmp_path / "ddp", use_ema=use_ema).state_dict()
         one = load_checkpoint_model(tmp_path / "one", use_ema=use_ema).state_dict()
@@ -88,7 +88,8 @@ def error_of(capsys, *args: str) -> str:
 
 def test_bad_inputs_give_one_line_errors(tmp_path, capsys):
     out = str(tmp_path / "run")
-    assert "unknown preset 'toy-tiy' (did you mean 'toy-tiny'?)" in error_of(capsys, "--preset", "toy-tiy", "--out", out)
+    assert "unknown preset 'toy-tiy' (did you mean 'toy-tiny'?)" in error_of(capsys, "--preset", "toy-tiy",
+                                                                             "--out", out)
     assert "unknown option --stepz (did you mean --steps?)" in error_of(capsys, *TINY, "--out", out, "--stepz", "3")
     assert "--steps needs a value" in error_of(capsys, *TINY, "--out", out, "--steps")
     assert "cannot read 'many' as int" in error_of(capsys, *TINY, "--out", out, "--steps", "many")

@@ -64,7 +64,8 @@ def test_slots_partition_the_global_batch(data):
     """Every split of a step over processes and micro-steps hands out the same global batch."""
     whole_x, whole_c = data.batch(3, 0, 0, 1, 16)
     parts = [data.batch(3, micro, rank, 2, 4) for micro in range(2) for rank in range(2)]
-    assert torch.equal(torch.cat([p[0] for p in parts]), whole_x) and torch.equal(torch.cat([p[1] for p in parts]), whole_c)
+    assert torch.equal(torch.cat([p[0] for p in parts]), whole_x)
+    assert torch.equal(torch.cat([p[1] for p in parts]), whole_c)
     assert [slot_offset(m, r, 2, 4) for m in range(2) for r in range(2)] == [0, 4, 8, 12]
     assert not torch.equal(data.batch(4, 0, 0, 1, 16)[0], whole_x)  # a new step draws a new batch
 
