@@ -58,26 +58,26 @@ class TrainConfig:
     grad_accum = batch_size / (world_size · per_device_batch); otherwise grad_accum is used as given.
     """
 
-    steps: int
-    batch_size: int
-    lr: float = 3e-4
+    steps: int  # optimisation steps in all
+    batch_size: int  # global batch
+    lr: float = 3e-4  # AdamW learning rate after warm-up
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
-    warmup_steps: int = 0
-    grad_clip: float | None = 1.0
+    warmup_steps: int = 0  # linear warm-up from lr/warmup_steps to lr
+    grad_clip: float | None = 1.0  # max global gradient norm; None: no clipping
     ema_decay: float = 0.9999
-    p_uncond: float = 0.1
-    lambda_min: float = -20.0
+    p_uncond: float = 0.1  # Algorithm 1: probability of training on the null label ∅
+    lambda_min: float = -20.0  # p(λ) truncation
     lambda_max: float = 20.0
-    seed: int = 0
-    grad_accum: int = 1
-    per_device_batch: int = 0
-    precision: str = "fp32"
-    compile: bool = False
-    channels_last: bool = False
-    device: str = "auto"
-    checkpoint_every: int = 0
-    log_every: int = 10
+    seed: int = 0  # data order, noise, dropout and (via train_experiment) network initialisation
+    grad_accum: int = 1  # micro-steps per step
+    per_device_batch: int = 0  # > 0: examples per process per micro-step, grad_accum derived
+    precision: str = "fp32"  # or "bf16": autocast on CUDA (fp32 on the CPU)
+    compile: bool = False  # torch.compile the network
+    channels_last: bool = False  # channels-last memory format for 4-D inputs and weights
+    device: str = "auto"  # "auto" (CUDA if available), "cpu" or "cuda"
+    checkpoint_every: int = 0  # 0: only at the end
+    log_every: int = 10  # steps per metrics.jsonl record
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "grad_accum", "log_every"):
