@@ -12,6 +12,8 @@ COMMANDS = {
     "describe": "cfgedu.commands.describe",
     "prepare-imagenet64": "cfgedu.commands.prepare_imagenet64",
     "bench-widgets": "cfgedu.commands.bench_widgets",
+    "toy-train": "cfgedu.commands.toy_train",
+    "fields": "cfgedu.commands.fields",
 }
 
 

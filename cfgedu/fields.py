@@ -330,3 +330,23 @@ def plot_helmholtz(split: HelmholtzHodge, title: str = ""):
                  fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def projection_sampling(eps_model: EpsModel, mixture: GaussianMixture, w: float, *, samples_per_class: int = 2000,
+                        steps: int = 64, v: float = 0.3, grid: Grid2D = Grid2D(5.0, 48), seed: int = 0) -> dict:
+    """CFG samples (K, n, 2) with Algorithm 2 from the raw guided field and from its conservative projection
+    (the same noise for both), with the mean TV of each to the tilted targets π_w(x|c) (see cfgedu.figure2)."""
+    from .figure2 import cfg_samples
+    from .grid import HistogramTV, tilted_densities
+    from .tensors import make_generator
+
+    model, K = as_float64(eps_model), mixture.num_classes
+    projected = ConservativeProjection(guided(model, w, K), grid, K)
+    settings = {"steps": steps, "v": v, "dtype": torch.float64}
+    samples = {"raw": cfg_samples(model, K, w, samples_per_class, generator=make_generator(seed), **settings),
+               "projected": cfg_samples(projected, K, 0.0, samples_per_class, generator=make_generator(seed),
+                                        **settings)}
+    target_grid = Grid2D.covering(mixture)
+    histogram, targets = HistogramTV(target_grid), tilted_densities(mixture, target_grid, w)
+    tv = {name: sum(histogram(x[c], targets[c]) for c in range(K)) / K for name, x in samples.items()}
+    return {"samples": samples, "tv": tv, "targets": targets, "grid": target_grid}

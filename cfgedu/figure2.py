@@ -56,8 +56,9 @@ def cfg_samples(eps_model: EpsModel, num_classes: int, w: float, n_per_class: in
                 generator: torch.Generator, method: str = "ancestral", dtype=torch.float64) -> torch.Tensor:
     """n_per_class CFG samples for every class in one batch, returned as (K, n, 2)."""
     labels = torch.arange(num_classes).repeat_interleave(n_per_class)
-    x = sample(guided(eps_model, w, null_label=num_classes), (2,), labels, generator=generator, steps=steps, v=v,
-               method=method, dtype=dtype)
+    with torch.no_grad():  # a learned network would otherwise keep the graph of every step
+        x = sample(guided(eps_model, w, null_label=num_classes), (2,), labels, generator=generator, steps=steps,
+                   v=v, method=method, dtype=dtype)
     return x.to(torch.float64).reshape(num_classes, n_per_class, 2)
 
 

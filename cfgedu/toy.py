@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch
 
-from .checks import check_choice, check_in_range, check_positive_int
+from .checks import check_choice, check_finite, check_in_range, check_positive_int
 from .data.toy import ToyData, draw_labelled
 from .gmm import GaussianMixture
 from .guidance import EpsModel
@@ -34,12 +34,17 @@ def toy_ema_decay(steps: int) -> float:
 
 
 def eps_relative_errors(eps_model: EpsModel, mixture: GaussianMixture, points: int = 20_000, seed: int = 12345,
-                        schedule: LogSNRSchedule = LogSNRSchedule(), chunk: int = 8192) -> dict[str, float]:
-    """{"cond", "uncond"}: E‖ε_θ − ε*‖² / E‖ε*‖² on `points` fresh draws of λ ~ p(λ), (x, c) ~ p(x, c), ε."""
+                        schedule: LogSNRSchedule = LogSNRSchedule(), chunk: int = 8192,
+                        lam: float | None = None) -> dict[str, float]:
+    """{"cond", "uncond"}: E‖ε_θ − ε*‖² / E‖ε*‖² on `points` fresh draws of λ ~ p(λ) (or the fixed `lam`),
+    (x, c) ~ p(x, c) and ε ~ N(0, I)."""
     points = check_positive_int("points", points)
     generator = make_generator(seed)
     x, c = draw_labelled(mixture, points, generator)
-    lam = schedule.sample_lam(points, generator, dtype=torch.float64)
+    if lam is None:
+        lam = schedule.sample_lam(points, generator, dtype=torch.float64)
+    else:
+        lam = torch.full((points,), check_finite("lam", lam), dtype=torch.float64)
     z = q_sample(x.double(), lam, torch.randn(points, mixture.dim, generator=generator, dtype=torch.float64))
     null = torch.full_like(c, mixture.num_classes)
     return {name: _relative_error(eps_model, mixture, z, lam, labels, chunk)

@@ -42,12 +42,12 @@ def guidance_label(w: float) -> str:
 class FigureView:
     """A matplotlib Figure with `ncols` axes, shown as PNG bytes in `self.image` (an ipywidgets.Image)."""
 
-    def __init__(self, ncols: int, panel_inches: float = 2.8, dpi: int = 90, zoom: float = 1.25):
+    def __init__(self, ncols: int, panel_inches: float = 2.8, dpi: int = 80):
         self.figure = Figure(figsize=(panel_inches * ncols, panel_inches + 0.3), dpi=dpi)
         FigureCanvasAgg(self.figure)
         self.axes = self.figure.subplots(1, ncols, squeeze=False)[0]
-        width, _ = self.figure.canvas.get_width_height()  # shown `zoom` times larger: rendering costs pixels
-        self.image = ipywidgets.Image(format="png", layout=ipywidgets.Layout(width=f"{round(zoom * width)}px"))
+        width, _ = self.figure.canvas.get_width_height()
+        self.image = ipywidgets.Image(format="png", layout=ipywidgets.Layout(width=f"{width}px"))  # not stretched
         self.image.add_class("cfgedu-figure")
 
     def refresh(self) -> None:
@@ -291,3 +291,99 @@ def time_sliders(panel: SliderPanel, moves: int = 5) -> dict[str, list[float]]:
             slider.value = value
             timings[name].append(panel.update_seconds)
     return timings
+
+
+# ---- notebooks 02 and 03: learned toy scores, the loss as it comes, and the non-conservative CFG field ----
+
+class LossCurve:
+    """An `on_log` callback for cfgedu.training.train that plots the loss as the records arrive (in place)."""
+
+    def __init__(self, title: str = "Algorithm 1 loss (ε-MSE)"):
+        self.view = FigureView(1, panel_inches=3.4)
+        ax = self.view.axes[0]
+        (self.line,) = ax.plot([], [], color="tab:blue")
+        ax.set(yscale="log", xlabel="step", title=title)
+        self.steps, self.losses = [], []
+        self.view.figure.tight_layout()
+
+    def __call__(self, record: dict) -> None:
+        self.steps.append(record["step"])
+        self.losses.append(record["loss"])
+        self.line.set_data(self.steps, self.losses)
+        self.line.axes.relim()
+        self.line.axes.autoscale_view()
+        self.view.refresh()
+
+    def _repr_mimebundle_(self, **kwargs):
+        return self.view.image._repr_mimebundle_(**kwargs)
+
+
+class CFGFieldWidget(SliderPanel):
+    """A learned model's CFG field ε̃ = (1 + w)ε(z, c) − wε(z, ∅) at level λ: its curl (colour) under arrows of
+    the guided score −ε̃/σ, beside the implicit classifier −(ε(z, c) − ε(z, ∅))/σ of the model (red) and the
+    exact ∇log p_λ(c|z) (blue). The readout gives w, s = 1 + w, λ and the relative curl."""
+
+    def __init__(self, eps_model, mixture: GaussianMixture, grid: Grid2D | None = None, w: float = 3.0,
+                 lam: float = 0.0, c: int = 0, arrows: int = 15):
+        from .fields import as_float64
+
+        self.model, self.mixture, self.c = as_float64(eps_model), mixture, c
+        self.grid = grid or Grid2D(3.0, 48)
+        self.arrow_grid = Grid2D(self.grid.half_width * (1 - 1 / arrows), arrows)
+        slider = w_slider(w, high=8.0)
+        self.readout = ipywidgets.Label()
+        super().__init__({"w": slider, "λ": lam_slider(lam, -8.0, 8.0)}, FigureView(2, panel_inches=3.2),
+                         self.readout)
+        ax_curl, ax_classifier = self.view.axes
+        h, tail = self.grid.half_width, self.arrow_grid.points().numpy()
+        self.curl_image = ax_curl.imshow(torch.zeros(self.grid.n, self.grid.n).numpy(), origin="lower",
+                                         extent=(-h, h, -h, h), cmap="RdBu_r")
+        arrow = {"angles": "xy", "scale_units": "xy", "scale": 1, "width": 0.006}
+        self.field_arrows = ax_curl.quiver(tail[:, 0], tail[:, 1], 0 * tail[:, 0], 0 * tail[:, 1], **arrow)
+        self.exact_arrows = ax_classifier.quiver(tail[:, 0], tail[:, 1], 0 * tail[:, 0], 0 * tail[:, 1],
+                                                 color="tab:blue", **arrow)
+        self.learned_arrows = ax_classifier.quiver(tail[:, 0], tail[:, 1], 0 * tail[:, 0], 0 * tail[:, 1],
+                                                   color="tab:red", **arrow)
+        for ax, title in ((ax_curl, "curl of ε̃ and the guided score"),
+                          (ax_classifier, "implicit classifier: model (red), exact (blue)")):
+            ax.set(xlim=(-h, h), ylim=(-h, h), aspect="equal", xticks=[], yticks=[])
+            ax.set_title(title, fontsize=9)
+        self.view.figure.tight_layout()
+        self._on_change()
+
+    def _arrows(self, values: torch.Tensor, longest: float) -> tuple:
+        return (values[:, 0] * longest).numpy(), (values[:, 1] * longest).numpy()
+
+    def update(self) -> None:
+        from .fields import cfg_field, curl_from_jacobian, implicit_classifier_gradient, jacobian, relative_curl
+
+        w, lam = self.sliders["w"].value, self.sliders["λ"].value
+        field = cfg_field(self.model, lam, self.c, w, self.mixture.num_classes)
+        jac = jacobian(field, self.grid.points())
+        curl = curl_from_jacobian(jac).reshape(self.grid.n, self.grid.n)
+        limit = max(curl.abs().max().item(), 1e-12)
+        self.curl_image.set_data(curl.numpy())
+        self.curl_image.set_clim(-limit, limit)
+        points, longest = self.arrow_grid.points(), 0.9 * self.arrow_grid.cell
+        with torch.no_grad():
+            score = -field(points)
+        self.field_arrows.set_UVC(*self._arrows(score / score.norm(dim=1).max(), longest))
+        lam_batch, labels = _full(len(points), lam), torch.full((len(points),), self.c)
+        exact = self.mixture.implicit_classifier_gradient(points, lam_batch, labels)
+        learned = implicit_classifier_gradient(self.model, points, lam_batch, labels, self.mixture.num_classes)
+        scale = exact.norm(dim=1).max().clamp_min(1e-12)
+        self.exact_arrows.set_UVC(*self._arrows(exact / scale, longest))
+        self.learned_arrows.set_UVC(*self._arrows(learned / scale, longest))
+        self.readout.value = f"{guidance_label(w)}, {level_label(lam)}, relative curl {relative_curl(jac):.2e}"
+
+
+def _untrained_toy_mlp():
+    from .nets import build_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return build_model("mlp", {})
+
+
+BENCHMARKS["learned CFG field curl (toy MLP)"] = lambda: CFGFieldWidget(_untrained_toy_mlp(),
+                                                                        GaussianMixture.three_gaussians())

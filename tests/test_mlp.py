@@ -42,13 +42,17 @@ def test_energy_eps_is_sigma_times_the_energy_gradient_by_finite_differences(mod
     torch.testing.assert_close(eps, sigma[:, None] * torch.stack(grads, 1), rtol=1e-6, atol=1e-9)
 
 
-def test_outputs_are_sigma_preconditioned_and_vanish_at_the_clean_end(models):
+def test_preconditioning_matches_the_exact_eps_at_both_ends(models):
+    """ε → 0 like σ at the clean end; at the noisy end ε → z and the class dependence vanishes like α."""
     z, _, c = _inputs()
+    null = torch.full_like(c, 3)
     for model in models:
         with torch.no_grad():
-            clean = model(z, torch.full((6,), 30.0), c)  # σ = e^{-15}: ε must be ~σ·O(1)
-            noisy = model(z, torch.full((6,), -30.0), c)
-        assert clean.abs().max() < 1e-4 * noisy.abs().max()
+            clean = model(z, torch.full((6,), 30.0), c)  # σ = e^{-15}
+            noisy, noisy_null = (model(z, torch.full((6,), -30.0), labels) for labels in (c, null))  # α = e^{-15}
+        assert clean.abs().max() < 1e-5
+        torch.testing.assert_close(noisy, z, atol=1e-5, rtol=0)
+        assert (noisy - noisy_null).abs().max() < 1e-5
 
 
 def test_null_row_is_a_separate_label_and_out_of_range_labels_are_refused(models):

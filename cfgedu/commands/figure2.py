@@ -16,6 +16,8 @@ def add_arguments(parser):
     parser.add_argument("--samples-per-class", type=int, default=20_000, help="Algorithm 2 samples per class")
     parser.add_argument("--steps", type=int, default=256, help="sampling steps T")
     parser.add_argument("--v", type=float, default=0.3, help="variance interpolation exponent v in [0, 1]")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="a toy model.pt from toy-train: adds a row of CFG samples from the learned scores")
 
 
 def run(args) -> None:
@@ -24,13 +26,18 @@ def run(args) -> None:
     matplotlib.use("Agg")
     from ..figure2 import compute_figure2, plot_figure2
     from ..gmm import GaussianMixture
+    from ..nets import load_model
 
+    learned = {"learned": load_model(args.checkpoint, expected_kinds=("mlp", "energy"))} if args.checkpoint else {}
     result = compute_figure2(GaussianMixture.three_gaussians(), args.w, samples_per_class=args.samples_per_class,
-                             steps=args.steps, v=args.v, seed=args.seed)
+                             steps=args.steps, v=args.v, seed=args.seed, learned=learned)
     args.out.mkdir(parents=True, exist_ok=True)
     plot_figure2(result).savefig(args.out / "figure2.png", dpi=120)
     (args.out / "figure2.json").write_text(json.dumps(result.to_dict(), indent=2))
     for panel in result.to_dict()["panels"]:
         tvs = ", ".join(f"{c['tv_sampler_to_target']:.3f} (floor {c['tv_noise_floor']:.3f})" for c in panel["classes"])
         print(f"w = {panel['w']:g}: TV of exact-score CFG samples to the target per class: {tvs}")
+        if learned:
+            tvs = ", ".join(f"{c['tv_learned_to_target']:.3f}" for c in panel["classes"])
+            print(f"        TV of learned-score CFG samples to the target per class: {tvs}")
     print(f"wrote {args.out / 'figure2.png'} and {args.out / 'figure2.json'} in {result.seconds:.1f} s")

@@ -1,12 +1,19 @@
 """Toy networks for 2D data: an ε-output MLP (free to be non-conservative) and an energy MLP (conservative).
 
-Both read z, smooth features of λ and a class embedding with a null row ∅ = num_classes, and both are
-σ-preconditioned: the trunk predicts ε/σ_λ = −∇_z log p_λ(z|c) (the negative score), and ε = σ_λ·trunk.
-For data with a non-degenerate covariance the score is bounded at every λ, so the trunk's target stays
-O(1) from pure noise (ε* ≈ z) to the clean end (ε* → 0 like σ_λ), where the raw ε target is pure noise.
+Both read z, smooth features of λ and a class embedding with a null row ∅ = num_classes. Both are
+preconditioned around the score of N(0, s²I) data (s = data_std), which the exact ε* approaches at both ends:
 
-- EpsMLP:    ε_θ(z, λ, c) = σ_λ · f_θ(z, λ, c), f_θ: R^2 → R^2 unconstrained (its Jacobian need not be symmetric).
-- EnergyMLP: ε_θ(z, λ, c) = σ_λ · ∇_z E_θ(z, λ, c), E_θ scalar; score = −∇_z E, a gradient field by construction.
+    ε_θ(z, λ, c) = σ_λ · (κ_λ z + α_λ F_θ(z, λ, c)),   κ_λ = 1/(α_λ² s² + σ_λ²).
+
+- The trunk's target F is O(1) at every λ for data with a non-degenerate covariance (for the toy,
+  F* = (κ_c − κ) z/α − κ_c μ_c with κ_c = 1/(α²τ² + σ²)), so one small MLP fits pure noise and clean data.
+- The class enters only through α·F: as α → 0 the model's ε(z, c) − ε(z, ∅) vanishes like α, as the exact
+  one does. Without this, Algorithm 2's first steps (α_λ ≈ 5e−5 at λ = −20) divide the guided ε's class
+  error by α in x̂ = (z − σ ε̃)/α and large-w samples fly off; here x̂ = αs²κ z − σ²F stays bounded.
+
+- EpsMLP:    F_θ: R^2 → R^2 unconstrained (its Jacobian need not be symmetric): the paper's kind of network.
+- EnergyMLP: ε_θ = σ_λ ∇_z U_θ with U_θ = κ‖z‖²/2 + α E_θ(z, λ, c), E_θ scalar; score = −∇_z U_θ is a
+  gradient field by construction, and so is every CFG combination of it.
 """
 from __future__ import annotations
 
@@ -33,12 +40,14 @@ class MLPConfig:
     class_dim: int = 32
     lambda_frequencies: int = 4  # sin/cos(k·π·u(λ)) for k = 1..lambda_frequencies, plus λ/lambda_scale
     lambda_scale: float = 20.0
+    data_std: float = 1.0  # s of the preconditioner: roughly the data's standard deviation per coordinate
 
     def __post_init__(self):
         for name in ("num_classes", "data_dim", "width", "depth", "class_dim", "lambda_frequencies"):
             check_positive_int(name, getattr(self, name))
-        if not self.lambda_scale > 0:
-            raise ValueError(f"lambda_scale must be > 0, got {self.lambda_scale}")
+        for name in ("lambda_scale", "data_std"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
 
     @property
     def input_dim(self) -> int:
@@ -90,33 +99,37 @@ class _ToyMLP(nn.Module):
                               self.class_embedding(c)], dim=1)  # (B, input_dim)
         return self.trunk(features)
 
-    @staticmethod
-    def _sigma(lam: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        return alpha_sigma(lam.to(like.dtype))[1][:, None]  # (B, 1)
+    def _levels(self, lam: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(σ, α, κ = 1/(α²s² + σ²)), each (B, 1) in like's dtype."""
+        alpha, sigma = alpha_sigma(lam.to(like.dtype))
+        kappa = 1 / (alpha**2 * self.config.data_std**2 + sigma**2)
+        return sigma[:, None], alpha[:, None], kappa[:, None]
 
 
 class EpsMLP(_ToyMLP):
-    """ε_θ(z, λ, c) = σ_λ · f_θ(z, λ, c): an unconstrained vector field, as in the paper's networks."""
+    """ε_θ(z, λ, c) = σ(κ z + α F_θ(z, λ, c)): an unconstrained vector field, as in the paper's networks."""
 
     def __init__(self, config: MLPConfig):
         super().__init__(config, out_dim=None)  # one output per data dimension
 
     def forward(self, z: torch.Tensor, lam: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         self._check(z, lam, c)
-        return self._sigma(lam, z) * self._trunk(z, lam, c).to(z.dtype)
+        sigma, alpha, kappa = self._levels(lam, z)
+        return sigma * (kappa * z + alpha * self._trunk(z, lam, c).to(z.dtype))
 
 
 class EnergyMLP(_ToyMLP):
-    """ε_θ(z, λ, c) = σ_λ · ∇_z E_θ(z, λ, c) by autograd: score = −∇_z E, so every CFG combination
-    (1 + w)·ε_θ(z, c) − w·ε_θ(z, ∅) = σ_λ·∇_z[(1 + w) E_c − w E_∅] is a gradient field (curl zero)."""
+    """ε_θ(z, λ, c) = σ_λ ∇_z U_θ(z, λ, c) by autograd: score = −∇_z U, so every CFG combination
+    (1 + w)·ε_θ(z, c) − w·ε_θ(z, ∅) = σ_λ ∇_z[(1 + w) U_c − w U_∅] is a gradient field (curl zero)."""
 
     def __init__(self, config: MLPConfig):
         super().__init__(config, out_dim=1)
 
     def energy(self, z: torch.Tensor, lam: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """E_θ(z, λ, c), shape (B,)."""
+        """U_θ(z, λ, c) = κ‖z‖²/2 + α E_θ(z, λ, c), the negative log-density up to a constant, shape (B,)."""
         self._check(z, lam, c)
-        return self._trunk(z, lam, c)[:, 0]
+        _, alpha, kappa = self._levels(lam, z)
+        return (kappa * z**2 / 2).sum(1) + alpha[:, 0] * self._trunk(z, lam, c)[:, 0].to(z.dtype)
 
     def forward(self, z: torch.Tensor, lam: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         # Keep the graph when the caller differentiates (training, curl by autograd); skip it under no_grad.
@@ -124,5 +137,5 @@ class EnergyMLP(_ToyMLP):
         with torch.enable_grad():
             z_in = z if z.requires_grad else z.detach().requires_grad_(True)
             energy = self.energy(z_in, lam, c)
-            (grad,) = torch.autograd.grad(energy.sum(), z_in, create_graph=create_graph)  # (B, D): ∇_z E
-        return self._sigma(lam, z) * grad.to(z.dtype)
+            (grad,) = torch.autograd.grad(energy.sum(), z_in, create_graph=create_graph)  # (B, D): ∇_z U
+        return self._levels(lam, z)[0] * grad.to(z.dtype)

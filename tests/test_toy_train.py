@@ -1,0 +1,106 @@
+import json
+
+import pytest
+import torch
+
+from cfgedu.cli import main
+from cfgedu.data.toy import ToyData
+from cfgedu.fields import field_report
+from cfgedu.grid import Grid2D
+from cfgedu.nets import build_model, save_model
+from cfgedu.nets.mlp import MLPConfig
+from cfgedu.toy import eps_relative_errors, train_toy
+
+SMALL = MLPConfig(width=64, depth=2, class_dim=8)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """300 steps of a 2×64 ε-MLP at batch 256 (seconds on 2 cores), shared by the tests below. Half the labels
+    are dropped so that the unconditional predictor, too, gets enough examples in so short a run."""
+    return train_toy("mlp", p_uncond=0.5, steps=300, batch_size=256, lr=5e-3, eval_points=10_000, progress=False,
+                     net=SMALL)
+
+
+def test_toy_data_is_a_pure_function_of_its_indices_and_follows_the_mixture(toy):
+    data = ToyData(toy, seed=3)
+    x, c = data.batch(5, 0, 1, 2, 4000)
+    x_again, c_again = data.batch(5, 0, 1, 2, 4000)
+    assert torch.equal(x, x_again) and torch.equal(c, c_again)
+    assert not torch.equal(data.batch(5, 0, 0, 2, 4000)[0], x)  # the other rank draws other points
+    assert data.num_classes == 3 and data.data_shape == (2,)
+    counts = torch.bincount(c, minlength=3).double() / len(c)
+    torch.testing.assert_close(counts, toy.weights, atol=0.03, rtol=0)
+    for k in range(3):
+        torch.testing.assert_close(x[c == k].double().mean(0), toy.means[k], atol=0.06, rtol=0)
+        assert x[c == k].double().std(0).sub(0.6).abs().max() < 0.05
+    with pytest.raises(ValueError, match="bad batch request"):
+        data.batch(0, 0, 2, 2, 8)
+
+
+def test_eps_error_is_zero_for_the_exact_model_and_one_for_zero(toy):
+    assert eps_relative_errors(toy, toy, 10_000)["cond"] < 1e-12
+    zero = lambda z, lam, c: torch.zeros_like(z)  # noqa: E731
+    errors = eps_relative_errors(zero, toy, 10_000)
+    assert errors == {"cond": pytest.approx(1.0), "uncond": pytest.approx(1.0)}
+
+
+def test_short_training_lowers_the_eps_error_well_below_the_untrained_model(toy, trained):
+    torch.manual_seed(0)
+    untrained = eps_relative_errors(build_model("mlp", vars(SMALL)).eval(), toy, 10_000)
+    _, metrics = trained
+    assert metrics["eps_rel_error_cond"] < 0.1 * untrained["cond"]
+    # The untrained network already has the exact score of N(0, I) built in (its preconditioner), a fair
+    # guess of the marginal, so the unconditional baseline is low to begin with.
+    assert metrics["eps_rel_error_uncond"] < 0.7 * untrained["uncond"]
+    assert metrics["loss_curve"][-1][1] < metrics["loss_curve"][0][1]
+    assert metrics["train_config"]["p_uncond"] == 0.5 and metrics["steps"] == 300
+
+
+def test_learned_cfg_field_curls_more_at_larger_w(trained):
+    """Once ε_θ(z, c) and ε_θ(z, ∅) are learned, their difference (the implicit classifier, small and
+    unconstrained) is relatively more rotational than ε_θ(z, c) itself, so the relative curl grows with w."""
+    grid = Grid2D(3.0, 32)
+    for lam in (-4.0, 0.0, 4.0):
+        curl = {w: field_report(trained[0], lam, 0, w, grid)["relative_curl"] for w in (0.0, 3.0)}
+        assert curl[3.0] > curl[0.0]
+
+
+def test_train_toy_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="model must be one of mlp, energy"):
+        train_toy("unet")
+    with pytest.raises(ValueError, match="p_uncond"):
+        train_toy(p_uncond=1.5)
+    with pytest.raises(ValueError, match="steps"):
+        train_toy(steps=0)
+
+
+def test_toy_train_and_fields_commands_end_to_end(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["toy-train", "--out", str(run), "--steps", "20", "--seed", "1", "--no-progress"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert {"eps_rel_error_cond", "eps_rel_error_uncond", "train_seconds"} <= metrics.keys()
+    config = json.loads((run / "config.json").read_text())
+    assert config["kind"] == "mlp" and config["train"]["steps"] == 20 and config["train"]["seed"] == 1
+    assert set(torch.load(run / "model.pt", weights_only=True)) == {"kind", "config", "state_dict"}
+    out = tmp_path / "fields"
+    assert main(["fields", "--checkpoint", str(run / "model.pt"), "--out", str(out), "--grid", "16",
+                 "--w", "0", "3", "--lam", "0"]) == 0
+    rows = json.loads((out / "fields.json").read_text())["rows"]
+    assert [(r["model"], r["w"]) for r in rows] == [("exact", 0.0), ("exact", 3.0), ("learned", 0.0), ("learned", 3.0)]
+    assert all(r["relative_curl"] < 1e-6 for r in rows if r["model"] == "exact")
+    assert (out / "curl.png").stat().st_size > 0 and (out / "helmholtz.png").stat().st_size > 0
+
+
+def test_commands_explain_missing_and_foreign_checkpoints(tmp_path, capsys):
+    assert main(["fields", "--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path)]) == 2
+    assert "no checkpoint at" in capsys.readouterr().err
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"kind": "unet", "config": {}, "state_dict": {}}, foreign)
+    assert main(["fields", "--checkpoint", str(foreign), "--out", str(tmp_path)]) == 2
+    assert "holds a 'unet' model; this command needs one of mlp, energy" in capsys.readouterr().err
+    wide = build_model("mlp", vars(MLPConfig(data_dim=3, width=8, depth=1, class_dim=2)))
+    save_model(tmp_path / "three_d.pt", wide, "mlp")
+    assert main(["fields", "--checkpoint", str(tmp_path / "three_d.pt"), "--out", str(tmp_path)]) == 2
+    assert "2D eps_model" in capsys.readouterr().err
+    assert main(["figure2", "--checkpoint", str(foreign), "--out", str(tmp_path)]) == 2
