@@ -94,6 +94,7 @@ def test_bad_inputs_give_one_line_errors(tmp_path, capsys):
     assert "--steps needs a value" in error_of(capsys, *TINY, "--out", out, "--steps")
     assert "cannot read 'many' as int" in error_of(capsys, *TINY, "--out", out, "--steps", "many")
     assert "no checkpoint to resume" in error_of(capsys, *TINY, "--out", out, "--resume")
+    assert "--threads must be >= 0" in error_of(capsys, *TINY, "--out", out, "--threads", "-1")
 
 
 def test_foreign_and_corrupted_checkpoints_are_refused(tmp_path, capsys):
