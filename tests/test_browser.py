@@ -7,6 +7,7 @@ from a copy of notebooks/, so the committed .ipynb files never receive outputs.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -227,6 +228,14 @@ def test_notebook_runs_and_its_w_slider_updates_the_figure(lab, browser, noteboo
         wait_until(lambda: figure_in(cell).screenshot() != pixels, "the figure did not change")
         assert not page.locator(".jp-Dialog").is_visible(), "moving the slider opened a dialog"
     finally:
-        page.screenshot(path=tmp_path / f"{notebook.stem}.png")  # also when a check failed
-        page.evaluate("() => window.jupyterapp && window.jupyterapp.shell.currentWidget.sessionContext.shutdown()")
-        page.close()
+        close(page, tmp_path / f"{notebook.stem}.png")
+
+
+def close(page, screenshot: Path) -> None:
+    """Save a screenshot (also after a failed check), stop the notebook's kernel and close the page."""
+    from playwright.sync_api import Error
+
+    with contextlib.suppress(Error):  # a broken page must not hide the failure that broke it
+        page.screenshot(path=screenshot)
+        page.evaluate("() => window.jupyterapp?.shell.currentWidget?.sessionContext?.shutdown()")
+    page.close()
