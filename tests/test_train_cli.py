@@ -151,3 +151,10 @@ def test_ambiguous_and_invalid_overrides_are_refused():
         apply_overrides(preset("toy-tiny"), {"lr": "-1"})
     with pytest.raises(ValueError, match="cannot read '0.9' as tuple"):
         apply_overrides(preset("toy-tiny"), {"betas": "0.9"})
+
+
+def test_a_diverging_run_stops_with_a_one_line_error(tmp_path, capsys):
+    out = tmp_path / "run"
+    message = error_of(capsys, *TINY, "--out", str(out), "--lr", "1e30", "--steps", "5", "--checkpoint_every", "1")
+    assert "non-finite loss nan (gradient norm nan) at step 2" in message
+    assert safe_torch_load(out / CHECKPOINT)["step"] == 1
