@@ -1,0 +1,182 @@
+"""Digits at toy scale: the data, the classifier protocol (FID, IS, accuracy), the image sampler and the
+sample/evaluate/bench commands on a tiny trained U-Net."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from cfgedu.cli import main
+from cfgedu.data.digits import DigitsData, load_digits_split
+from cfgedu.image_eval import (EvalProtocol, GaussianStats, class_accuracy, evaluate_guidance, fid_floor,
+                               frechet_distance, inception_score)
+from cfgedu.image_sampling import class_labels, image_grid, sample_images
+from cfgedu.nets.unet import UNetConfig
+from cfgedu.samplers import sample
+
+TINY = UNetConfig(image_size=16, in_channels=1, num_classes=10, model_channels=8, channel_mult=(1, 2),
+                  num_res_blocks=1, attention_resolutions=(8,), head_channels=8, norm_groups=4)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A tiny U-Net trained for 3 steps on digits by the engine: a real checkpoint folder."""
+    from cfgedu.config import Experiment
+    from cfgedu.training import TrainConfig, train_experiment
+
+    out = tmp_path_factory.mktemp("digits_run")
+    experiment = Experiment("unet", TINY, DigitsData(16), TrainConfig(steps=3, batch_size=8, lr=1e-3, ema_decay=0.5))
+    train_experiment(experiment, out, preset_name="tiny", progress=False)
+    return out
+
+
+def test_digits_split_is_fixed_stratified_and_in_range():
+    x_train, c_train = load_digits_split("train")
+    x_val, c_val = load_digits_split("val")
+    assert (len(c_train), len(c_val)) == (1437, 360)  # 1,797 images, 20% held out
+    assert x_train.shape[1:] == (1, 16, 16) and x_train.min() == -1 and x_train.max() <= 1
+    assert torch.bincount(c_val).min() >= 35  # every class held out in proportion
+    x8, _ = load_digits_split("val", 8)
+    assert set(((x8 + 1) / 2 * 16).round().unique().tolist()) <= set(range(17))  # the original 0..16 levels
+    with pytest.raises(ValueError, match="size must be one of"):
+        load_digits_split("train", 12)
+    with pytest.raises(ValueError, match="split must be one of"):
+        load_digits_split("test")
+
+
+def test_digits_ranks_share_one_global_batch():
+    data = DigitsData(16).build(seed=3)
+    x, c = data.batch(5, 0, 0, 1, 8)
+    halves = [data.batch(5, 0, rank, 2, 4) for rank in range(2)]
+    assert torch.equal(torch.cat([h[0] for h in halves]), x) and torch.equal(torch.cat([h[1] for h in halves]), c)
+    assert not torch.equal(data.batch(6, 0, 0, 1, 8)[0], x)
+
+
+def test_classifier_reaches_97_percent_on_held_out_digits():
+    from cfgedu.classifier import load_classifier, validation_accuracy
+
+    model = load_classifier(progress=False)  # cached after the first run
+    assert validation_accuracy(model) >= 0.97
+    with pytest.raises(ValueError, match="takes images of shape"):
+        model(torch.zeros(2, 1, 8, 8))
+
+
+def test_frechet_distance_matches_direct_formulas():
+    g = np.random.default_rng(0)
+    a = GaussianStats(g.normal(size=3), np.diag([1.0, 4.0, 9.0]))
+    b = GaussianStats(g.normal(size=3), np.diag([4.0, 1.0, 1.0]))
+    # diagonal covariances: ‖Δm‖² + Σ (√a_i − √b_i)²
+    direct = np.sum((a.mean - b.mean) ** 2) + np.sum((np.sqrt([1, 4, 9]) - np.sqrt([4, 1, 1])) ** 2)
+    assert frechet_distance(a, b) == pytest.approx(direct, rel=1e-10)
+    m1, m2 = g.normal(size=(2, 5, 5))
+    c1, c2 = m1 @ m1.T + np.eye(5), m2 @ m2.T + np.eye(5)
+    root = np.linalg.cholesky(c1)  # tr (C1 C2)^{1/2} = Σ √eig(Lᵀ C2 L) with C1 = L Lᵀ
+    trace_root = np.sqrt(np.linalg.eigvalsh(root.T @ c2 @ root)).sum()
+    full = frechet_distance(GaussianStats(np.zeros(5), c1), GaussianStats(np.ones(5), c2))
+    assert full == pytest.approx(5 + np.trace(c1) + np.trace(c2) - 2 * trace_root, rel=1e-8)
+    features = torch.tensor(g.normal(size=(200, 4)))
+    assert frechet_distance(GaussianStats.of(features), GaussianStats.of(features)) == pytest.approx(0, abs=1e-8)
+
+
+def test_inception_score_and_accuracy_known_answers():
+    assert inception_score(torch.zeros(10, 4)) == pytest.approx(1.0)  # uniform p(y|x): no information
+    confident = torch.eye(4).repeat(3, 1) * 50  # every class equally often, each image certain
+    assert inception_score(confident) == pytest.approx(4.0, rel=1e-6)
+    accuracy, per_class = class_accuracy(confident, torch.tensor([0, 1, 2, 3] * 2 + [1, 1, 2, 3]), 4)
+    assert accuracy == pytest.approx(11 / 12) and per_class == pytest.approx([1, 0.75, 1, 1])  # the 0 predicted at a 1 is class 1's miss
+
+
+def test_fid_floor_of_the_reference_itself_is_small():
+    features = torch.randn(2000, 3, generator=torch.Generator().manual_seed(0))
+    reference = GaussianStats.of(features)
+    floor, spread = fid_floor(features, reference, 1000, 4, torch.Generator().manual_seed(1))
+    shifted, _ = fid_floor(features + 1, reference, 1000, 4, torch.Generator().manual_seed(1))
+    assert 0 < floor < 0.05 and spread >= 0
+    assert shifted == pytest.approx(3 + floor, abs=0.05)  # ‖Δm‖² = 3 on top of the same subsets
+
+
+def test_grid_rows_are_classes():
+    images = torch.arange(6.0).reshape(6, 1, 1, 1).expand(6, 1, 2, 2) / 5 * 2 - 1  # image k is constant k/5
+    grid = image_grid(images, rows=2)
+    assert grid.shape == (4, 6)
+    assert grid[0, 0] == 0 and grid[0, 2] == pytest.approx(0.2) and grid[2, 0] == pytest.approx(0.6)
+    assert torch.equal(class_labels(3, 2), torch.tensor([0, 0, 1, 1, 2, 2]))
+
+
+def test_sampler_doubled_batch_equals_two_separate_passes(run_dir):
+    from cfgedu.training import load_checkpoint_model
+
+    model = load_checkpoint_model(run_dir)
+    with torch.no_grad():
+        for p in model.parameters():  # make every branch count
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    labels, w = torch.tensor([3, 7, 7]), 2.0
+    null = torch.full_like(labels, model.num_classes)
+
+    def two_passes(z, lam, c):
+        return (1 + w) * model(z, lam, c) - w * model(z, lam, null)
+
+    guided_run = sample_images(model, labels, w, steps=4, seed=5)
+    manual = sample(two_passes, model.config.data_shape, labels, generator=torch.Generator().manual_seed(5),
+                    steps=4, clip_x=1.0)
+    torch.testing.assert_close(guided_run, manual, rtol=1e-4, atol=1e-5)
+    assert guided_run.abs().max() <= 1  # x̂ clipped to the data range
+    assert torch.equal(sample_images(model, labels, w, steps=4, seed=5), guided_run)  # a fixed seed repeats
+    assert not torch.allclose(sample_images(model, labels, w, steps=4, seed=6), guided_run)
+
+
+def test_evaluate_guidance_with_a_pluggable_extractor(run_dir):
+    from cfgedu.training import load_checkpoint_model
+
+    def moments(images):  # a deterministic toy extractor: features = mean and std, logits favour class 0
+        flat = images.flatten(1)
+        features = torch.stack([flat.mean(1), flat.std(1)], 1)
+        return features, torch.cat([features[:, :1] * 0 + 1, torch.zeros(len(images), 9)], 1)
+
+    x, _ = load_digits_split("val")
+    protocol = EvalProtocol(moments, x, load_digits_split("train")[0], 10)
+    result, samples = evaluate_guidance(load_checkpoint_model(run_dir), [0.0, 1.0], protocol, per_class=2,
+                                        steps=3, floor_repeats=2, progress=False)
+    assert [row["w"] for row in result["rows"]] == [0.0, 1.0] and samples[1.0].shape == (20, 1, 16, 16)
+    for row in result["rows"]:
+        assert row["accuracy"] == pytest.approx(0.1) and row["min_class_accuracy"] == 0  # everything is "0"
+        assert row["is"] == pytest.approx(1.0) and row["fid"] > 0
+    assert result["fid_floor"] > 0
+
+
+def test_sample_and_evaluate_commands(run_dir, tmp_path):
+    import matplotlib.pyplot as plt
+
+    assert main(["sample", "--checkpoint", str(run_dir), "--w", "1", "--n", "3", "--steps", "3",
+                 "--out", str(tmp_path / "grid.png")]) == 0
+    assert plt.imread(tmp_path / "grid.png").shape[:2] == (10 * 16, 3 * 16)
+    assert main(["evaluate", "--checkpoint", str(run_dir), "--w", "0", "2", "--per-class", "2", "--steps", "2",
+                 "--floor-repeats", "2", "--out", str(tmp_path / "eval")]) == 0
+    result = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert {"fid_floor", "rows"} <= result.keys()
+    assert [set(row) >= {"w", "accuracy", "min_class_accuracy", "fid", "is"} for row in result["rows"]] == [True] * 2
+    assert (tmp_path / "eval" / "samples_w2.png").exists() and "| 2 | 3 |" in (tmp_path / "eval" / "eval.md").read_text()
+
+
+def test_commands_reject_bad_checkpoints_and_presets(run_dir, tmp_path, capsys):
+    data = (run_dir / "checkpoint.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 3])
+    torch.save({"model": "nothing"}, tmp_path / "foreign.pt")
+    for bad in ("cut.pt", "foreign.pt", "missing.pt"):
+        assert main(["sample", "--checkpoint", str(tmp_path / bad), "--out", str(tmp_path / "g.png")]) == 2
+    err = capsys.readouterr().err
+    assert "not a readable cfgedu checkpoint" in err and "no checkpoint at" in err
+    assert main(["describe", "--preset", "digitz"]) == 2
+    assert "unknown preset 'digitz'" in capsys.readouterr().err
+
+
+def test_bench_reports_consistent_figures():
+    from cfgedu.bench import benchmark
+    from cfgedu.nets.unet import UNet
+
+    result = benchmark(UNet(TINY), batch_size=2, train_steps=1, repeats=1, sampling_steps=10)
+    assert result["parameters"] == sum(p.numel() for p in UNet(TINY).parameters())
+    assert result["sampling_images_per_s"] == pytest.approx(2 / (10 * result["cfg_doubled_batch_s"]))
+    assert result["cfg_doubled_over_two_forwards"] == pytest.approx(
+        result["cfg_doubled_batch_s"] / result["cfg_two_forwards_s"])
+    assert result["train_images_per_s"] > 0 and result["mfu"] is None  # no bf16 peak on a CPU
