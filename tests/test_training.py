@@ -188,10 +188,11 @@ def test_bf16_falls_back_to_fp32_on_the_cpu(data):
 class ConvConfig:
     num_classes: int = 2
     channels: int = 4
+    dropout: float = 0.0
 
 
 class TinyConvNet(nn.Module):
-    """ε_θ(z, λ, c) from two 3x3 convolutions, with λ and c added as per-channel biases."""
+    """ε_θ(z, λ, c) from two 3x3 convolutions, with λ and c added as per-channel biases, and dropout between."""
 
     Config = ConvConfig
 
@@ -199,60 +200,41 @@ class TinyConvNet(nn.Module):
         super().__init__()
         self.config, self.num_classes = config, config.num_classes
         self.inp, self.out = nn.Conv2d(2, config.channels, 3, padding=1), nn.Conv2d(config.channels, 2, 3, padding=1)
-        self.label = nn.Embedding(config.num_classes + 1, config.channels)
+        self.label, self.drop = nn.Embedding(config.num_classes + 1, config.channels), nn.Dropout(config.dropout)
 
     def forward(self, z, lam, c):
         self.input_channels_last = z.is_contiguous(memory_format=torch.channels_last)
         h = self.inp(z) + self.label(c)[:, :, None, None] + lam[:, None, None, None] / 20
-        return self.out(torch.nn.functional.silu(h))
+        return self.out(self.drop(torch.nn.functional.silu(h)))
 
 
-@dataclass(frozen=True)
-class DropoutConfig:
-    num_classes: int = 3
-    p: float = 0.5
+@pytest.fixture(scope="module")
+def images():
+    return TensorData(torch.randn(24, 2, 6, 6, generator=torch.Generator().manual_seed(0)), torch.arange(24) % 2,
+                      num_classes=2)
 
 
-class DropoutNet(nn.Module):
-    """A linear ε-model with heavy dropout: its steps depend on the dropout masks."""
-
-    Config = DropoutConfig
-
-    def __init__(self, config: DropoutConfig):
-        super().__init__()
-        self.config, self.num_classes = config, config.num_classes
-        self.hidden, self.out, self.drop = nn.Linear(3, 16), nn.Linear(16, 2), nn.Dropout(config.p)
-        self.label = nn.Embedding(config.num_classes + 1, 16)
-
-    def forward(self, z, lam, c):
-        return self.out(self.drop(torch.relu(self.hidden(torch.cat([z, lam[:, None] / 20], 1)) + self.label(c))))
+def conv_run(cfg: TrainConfig, images, out_dir=None, net: ConvConfig = ConvConfig(), **kwargs):
+    torch.manual_seed(0)
+    model, state = TinyConvNet(net), torch.get_rng_state()
+    result = train(model, images, cfg, out_dir, kind="conv", progress=False, **kwargs)
+    assert torch.equal(torch.get_rng_state(), state)  # train() leaves the global generator as it found it
+    return result
 
 
-def test_dropout_is_exact_on_resume_and_leaves_the_global_generator_alone(data, tmp_path):
-    def dropout_run(steps, out_dir, **kwargs):
-        torch.manual_seed(0)
-        model, state = DropoutNet(DropoutConfig()), torch.get_rng_state()
-        result = run(config(steps=steps), data, out_dir, model=model, **kwargs)
-        assert torch.equal(torch.get_rng_state(), state)
-        return result
-
-    straight = dropout_run(4, tmp_path / "straight")
-    dropout_run(2, tmp_path / "split")
-    resumed = dropout_run(4, tmp_path / "split", resume=True)
+def test_dropout_is_exact_on_resume(images, tmp_path):
+    heavy = ConvConfig(dropout=0.5)
+    straight = conv_run(config(steps=4), images, tmp_path / "straight", heavy)
+    conv_run(config(steps=2), images, tmp_path / "split", heavy)
+    resumed = conv_run(config(steps=4), images, tmp_path / "split", heavy, resume=True)
     assert torch.equal(weights(resumed.model), weights(straight.model))
 
 
-def test_channels_last_takes_the_same_steps():
-    images = TensorData(torch.randn(24, 2, 6, 6, generator=torch.Generator().manual_seed(0)),
-                        torch.arange(24) % 2, num_classes=2)
-    results = []
-    for channels_last in (False, True):
-        torch.manual_seed(0)
-        results.append(train(TinyConvNet(ConvConfig()), images, config(channels_last=channels_last), kind="conv",
-                             progress=False))
-    assert results[1].model.inp.weight.is_contiguous(memory_format=torch.channels_last)
-    assert results[1].model.input_channels_last and not results[0].model.input_channels_last
-    assert torch.allclose(weights(results[0].model), weights(results[1].model), atol=1e-6)
+def test_channels_last_takes_the_same_steps(images):
+    plain, last = (conv_run(config(channels_last=flag), images) for flag in (False, True))
+    assert last.model.inp.weight.is_contiguous(memory_format=torch.channels_last)
+    assert last.model.input_channels_last and not plain.model.input_channels_last
+    assert torch.allclose(weights(plain.model), weights(last.model), atol=1e-6)
 
 
 def test_bad_arguments_are_refused(data):
