@@ -13,6 +13,8 @@ import numpy as np
 import torch
 
 from .checks import check_positive_int
+from .metrics import frechet_gaussians, gaussian_fit
+from .metrics import inception_score as metrics_inception_score
 
 FeatureExtractor = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -21,36 +23,22 @@ FeatureExtractor = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 class GaussianStats:
     """Mean (D,) and covariance (D, D) of a feature set, float64."""
 
-    mean: np.ndarray
-    cov: np.ndarray
+    mean: torch.Tensor
+    cov: torch.Tensor
 
     @classmethod
     def of(cls, features: torch.Tensor) -> "GaussianStats":
-        f = features.detach().double().cpu().numpy()
-        if f.ndim != 2 or f.shape[0] < 2:
-            raise ValueError(f"features must have shape (N >= 2, D), got {f.shape}")
-        return cls(f.mean(axis=0), np.cov(f, rowvar=False))
+        return cls(*gaussian_fit(features.detach().cpu()))
 
 
 def frechet_distance(a: GaussianStats, b: GaussianStats) -> float:
-    """‖m_a − m_b‖² + tr(C_a + C_b − 2 (C_a C_b)^{1/2}), with scipy's sqrtm (imaginary round-off dropped)."""
-    from scipy.linalg import sqrtm
-
-    if a.mean.shape != b.mean.shape:
-        raise ValueError(f"feature dimensions differ: {a.mean.shape} and {b.mean.shape}")
-    root = sqrtm(a.cov @ b.cov)
-    if not np.isfinite(root).all():  # singular product: regularise as pytorch-fid and ADM do
-        offset = 1e-6 * np.eye(a.cov.shape[0])
-        root = sqrtm((a.cov + offset) @ (b.cov + offset))
-    diff = a.mean - b.mean
-    return float(diff @ diff + np.trace(a.cov) + np.trace(b.cov) - 2 * np.trace(root.real))
+    """FID = ‖m_a − m_b‖² + tr(C_a + C_b − 2 (C_a^½ C_b C_a^½)^½) (cfgedu.metrics, shared with the 2D toy)."""
+    return frechet_gaussians(a.mean, a.cov, b.mean, b.cov)
 
 
 def inception_score(logits: torch.Tensor) -> float:
-    """exp(E_x KL(p(y|x) ‖ p̂(y))) with p̂(y) the mean softmax over the set (one split)."""
-    log_p = torch.log_softmax(logits.double(), dim=1)  # (N, K)
-    log_marginal = torch.logsumexp(log_p, dim=0) - np.log(len(log_p))  # (K,)
-    return float(torch.exp((log_p.exp() * (log_p - log_marginal)).sum(1).mean()))
+    """IS = exp(E_x KL(p(y|x) ‖ p̂(y))) of the classifier's softmax, p̂(y) its mean over the set (one split)."""
+    return metrics_inception_score(torch.softmax(logits.double(), dim=1))
 
 
 def class_accuracy(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tuple[float, list[float]]:

@@ -62,20 +62,21 @@ def test_classifier_reaches_97_percent_on_held_out_digits():
 
 
 def test_frechet_distance_matches_direct_formulas():
+    from scipy.linalg import sqrtm
+
     g = np.random.default_rng(0)
-    a = GaussianStats(g.normal(size=3), np.diag([1.0, 4.0, 9.0]))
-    b = GaussianStats(g.normal(size=3), np.diag([4.0, 1.0, 1.0]))
+    m1, m2 = g.normal(size=(2, 3))
+    a = GaussianStats(torch.tensor(m1), torch.diag(torch.tensor([1.0, 4.0, 9.0], dtype=torch.float64)))
+    b = GaussianStats(torch.tensor(m2), torch.diag(torch.tensor([4.0, 1.0, 1.0], dtype=torch.float64)))
     # diagonal covariances: ‖Δm‖² + Σ (√a_i − √b_i)²
-    direct = np.sum((a.mean - b.mean) ** 2) + np.sum((np.sqrt([1, 4, 9]) - np.sqrt([4, 1, 1])) ** 2)
+    direct = np.sum((m1 - m2) ** 2) + np.sum((np.sqrt([1, 4, 9]) - np.sqrt([4, 1, 1])) ** 2)
     assert frechet_distance(a, b) == pytest.approx(direct, rel=1e-10)
-    m1, m2 = g.normal(size=(2, 5, 5))
-    c1, c2 = m1 @ m1.T + np.eye(5), m2 @ m2.T + np.eye(5)
-    root = np.linalg.cholesky(c1)  # tr (C1 C2)^{1/2} = Σ √eig(Lᵀ C2 L) with C1 = L Lᵀ
-    trace_root = np.sqrt(np.linalg.eigvalsh(root.T @ c2 @ root)).sum()
-    full = frechet_distance(GaussianStats(np.zeros(5), c1), GaussianStats(np.ones(5), c2))
-    assert full == pytest.approx(5 + np.trace(c1) + np.trace(c2) - 2 * trace_root, rel=1e-8)
-    features = torch.tensor(g.normal(size=(200, 4)))
-    assert frechet_distance(GaussianStats.of(features), GaussianStats.of(features)) == pytest.approx(0, abs=1e-8)
+    features = g.normal(size=(2, 400, 6)) @ g.normal(size=(6, 6))  # two correlated feature sets
+    stats = [GaussianStats.of(torch.tensor(f)) for f in features]
+    c1, c2 = (np.cov(f, rowvar=False) for f in features)
+    scipy_fid = np.sum((features[0].mean(0) - features[1].mean(0)) ** 2) + np.trace(c1 + c2 - 2 * sqrtm(c1 @ c2).real)
+    assert frechet_distance(*stats) == pytest.approx(scipy_fid, rel=1e-8)
+    assert frechet_distance(stats[0], stats[0]) == pytest.approx(0, abs=1e-8)
 
 
 def test_inception_score_and_accuracy_known_answers():
