@@ -5,7 +5,7 @@ import torch
 
 from cfgedu.fields import (ConservativeProjection, as_float64, bilinear, cfg_field, check_2d, circulation,
                            curl_from_jacobian, field_report, grid_values, helmholtz_hodge, implicit_classifier_error,
-                           jacobian, jacobian_fd, relative_curl)
+                           jacobian, jacobian_fd, projection_sampling, relative_curl)
 from cfgedu.grid import Grid2D
 from cfgedu.guidance import guided
 from cfgedu.nets.mlp import EnergyMLP, EpsMLP, MLPConfig
@@ -112,6 +112,14 @@ def test_conservative_projection_keeps_the_gradient_and_drops_the_rotation():
     torch.testing.assert_close(projection(z, lam, c), expected, atol=2e-2, rtol=0)  # O(h²)
     far = torch.tensor([[5.0, 5.0]], dtype=torch.float64)  # outside the grid: the raw field
     torch.testing.assert_close(projection(far, lam[:1], c[:1]), model(far, lam[:1], c[:1]))
+
+
+def test_projecting_the_exact_field_barely_changes_its_samples(toy):
+    """The exact CFG field is already a gradient: sampling its projection, from the same noise, lands close by."""
+    result = projection_sampling(toy, toy, 2.0, samples_per_class=200, steps=12, grid=Grid2D(5.0, 40))
+    raw, projected = result["samples"]["raw"], result["samples"]["projected"]
+    assert (raw - projected).norm(dim=-1).median() < 0.1
+    assert abs(result["tv"]["raw"] - result["tv"]["projected"]) < 0.05
 
 
 def test_bilinear_interpolation_is_exact_for_linear_functions():

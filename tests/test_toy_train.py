@@ -90,6 +90,11 @@ def test_toy_train_and_fields_commands_end_to_end(tmp_path, capsys):
     assert [(r["model"], r["w"]) for r in rows] == [("exact", 0.0), ("exact", 3.0), ("learned", 0.0), ("learned", 3.0)]
     assert all(r["relative_curl"] < 1e-6 for r in rows if r["model"] == "exact")
     assert (out / "curl.png").stat().st_size > 0 and (out / "helmholtz.png").stat().st_size > 0
+    fig2 = tmp_path / "figure2"
+    assert main(["figure2", "--checkpoint", str(run / "model.pt"), "--out", str(fig2), "--w", "1",
+                 "--samples-per-class", "200", "--steps", "8"]) == 0
+    panels = json.loads((fig2 / "figure2.json").read_text())["panels"]
+    assert all(0 <= c["tv_learned_to_target"] <= 1 for panel in panels for c in panel["classes"])
 
 
 def test_commands_explain_missing_and_foreign_checkpoints(tmp_path, capsys):
