@@ -185,7 +185,7 @@ def digits() -> Experiment:
 
     return Experiment("unet", unet_preset("digits"), DigitsData(size=16),
                       TrainConfig(steps=800, batch_size=64, lr=1e-3, warmup_steps=100, grad_clip=1.0,
-                                  ema_decay=0.999, p_uncond=0.1, checkpoint_every=250, log_every=25))
+                                  ema_decay=0.99, p_uncond=0.1, checkpoint_every=100, log_every=25))
 
 
 # ---------------------------------------------------------------------------------------------- imagenet64
