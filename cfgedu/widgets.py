@@ -293,6 +293,39 @@ def time_sliders(panel: SliderPanel, moves: int = 5) -> dict[str, list[float]]:
     return timings
 
 
+# ---- image samples: CFG samples of any image eps_model as a grid, moved by the w slider ----
+
+class SampleGridWidget(SliderPanel):
+    """Algorithm 2 samples of an image eps_model with CFG strength w, one row per class and the same noise
+    for every w, so that moving the slider shows what guidance alone changes."""
+
+    def __init__(self, model, classes: list[int], per_class: int = 4, *, steps: int = 32, v: float = 0.3,
+                 seed: int = 0, w: float = 0.3, high: float = 4.0):
+        from .image_sampling import image_grid
+
+        self.model, self.settings = model, {"steps": steps, "v": v, "seed": seed}
+        self.labels = torch.as_tensor(classes).repeat_interleave(per_class)  # (rows·per_class,)
+        self.rows = len(classes)
+        slider = w_slider(w, low=0.0, high=high, step=0.1, continuous_update=False)
+        super().__init__({"w": slider}, FigureView(1, panel_inches=max(2.8, 0.7 * per_class)),
+                         GuidanceReadout(slider).label)
+        blank = image_grid(torch.zeros(len(self.labels), *model.config.data_shape), self.rows)  # grey, right shape
+        self.picture = self.view.axes[0].imshow(blank, cmap="gray", vmin=0, vmax=1)
+        self.view.axes[0].set_axis_off()
+        self._on_change()  # draws the samples
+
+    def samples(self, w: float):
+        """The grid of samples at guidance strength w, (rows·H, cols·W[, 3]) in [0, 1]."""
+        from .image_sampling import image_grid, sample_images
+
+        return image_grid(sample_images(self.model, self.labels, w, clip_x=1.0, **self.settings), self.rows)
+
+    def update(self) -> None:
+        w = self.sliders["w"].value
+        self.picture.set_data(self.samples(w))
+        self.picture.axes.set_title(f"rows = classes, {guidance_label(w)}", fontsize=9)
+
+
 # ---- notebooks 02 and 03: learned toy scores, the loss as it comes, and the non-conservative CFG field ----
 
 class LossCurve:

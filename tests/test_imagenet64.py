@@ -4,12 +4,16 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from cfgedu import fidelity
 from cfgedu.data import imagenet64 as inet
 
 
@@ -241,3 +245,88 @@ def test_prepare_command(official, jpeg_folder, tmp_path, capsys):
     assert inet.read_manifest(tmp_path / "b")["resize"] == "center-crop"
     assert main(["prepare-imagenet64", "--src", str(src), "--out", str(tmp_path / "c"), "--val-src", str(root)]) == 2
     assert "--val-src applies to --format folder only" in capsys.readouterr().err
+
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = inet.TINY_OVERRIDES
+
+
+def torchrun_train(data, out, steps):
+    command = inet.launch_command(data, out, nproc_per_node=2, overrides={**TINY, "steps": steps},
+                                  launcher=(sys.executable, "-m", "torch.distributed.run")) + ["--no-progress"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_torchrun_two_gloo_processes_train_then_resume(tmp_path):
+    from cfgedu.config import apply_overrides, preset
+    from cfgedu.training import train_experiment
+
+    inet.write_synthetic_batches(tmp_path / "src", num_train=32, num_val=8)
+    inet.convert_pickles(tmp_path / "src", tmp_path / "data", progress=False)
+    torchrun_train(tmp_path / "data", tmp_path / "run", steps=2)
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["step"] == 2
+    # Resume that run to step 3 in one process (two micro-steps take the place of the two ranks) ...
+    experiment = apply_overrides(preset("imagenet64"), {**TINY, "steps": "3", "data": str(tmp_path / "data")})
+    resumed = train_experiment(experiment, tmp_path / "run", preset_name="imagenet64", progress=False)
+    records, _ = inet.read_new_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert resumed.step == 3 and [r["step"] for r in records] == [1, 2, 3]
+    # ... and it ends where three steps in one process end: the same global batches, the same weights.
+    straight = train_experiment(experiment, tmp_path / "single", progress=False)
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.allclose(a, b, atol=2e-5), name
+    assert [r["loss"] for r in straight.history] == pytest.approx([r["loss"] for r in records], rel=1e-4)
+    # Table 1 for the run, with the stand-in extractor and reference statistics of its own training data.
+    table = fidelity.evaluate_run(tmp_path / "run", [0.0, 1.0], n=4, steps=2, splits=2,
+                                  extractor=fidelity.StandInExtractor(), progress=False)
+    assert [(r["w"], r["n"]) for r in table["rows"]] == [(0.0, 4), (1.0, 4)] and table["p_uncond"] == 0.1
+    assert "| 0 | 1 |" in table["table"] and not (tmp_path / "data" / "inception_train_stats.npz").exists()
+
+
+def test_launch_command_and_metrics_tail(tmp_path):
+    one = inet.launch_command("data/imagenet64", "runs/in64", overrides={"p_uncond": 0.2})
+    assert " ".join(one) == ("torchrun --nproc_per_node=8 --standalone -m cfgedu train --preset imagenet64 "
+                             "--data data/imagenet64 --out runs/in64 --p_uncond 0.2")
+    two = inet.launch_command("d", "o", nnodes=2, node_rank=1, master_addr="10.0.0.1")
+    assert "--nnodes=2" in two and "--node_rank=1" in two and "--master_addr=10.0.0.1" in two
+    with pytest.raises(ValueError, match="node_rank"):
+        inet.launch_command("d", "o", nnodes=2, node_rank=2)
+    log = tmp_path / "metrics.jsonl"
+    log.write_text('{"step": 1, "loss": 0.9}\n{"step": 2, "lo')  # the second line is still being written
+    records, offset = inet.read_new_metrics(log)
+    assert records == [{"step": 1, "loss": 0.9}]
+    with log.open("a") as handle:
+        handle.write('ss": 0.8}\n')
+    assert inet.read_new_metrics(log, offset) == ([{"step": 2, "loss": 0.8}], log.stat().st_size)
+
+
+def test_sample_grid_widget_shows_algorithm2_samples():
+    from cfgedu.guidance import guided
+    from cfgedu.image_sampling import image_grid
+    from cfgedu.nets.unet import UNet, UNetConfig
+    from cfgedu.samplers import sample
+    from cfgedu.tensors import make_generator
+    from cfgedu.widgets import SampleGridWidget
+
+    torch.manual_seed(0)
+    model = UNet(UNetConfig(image_size=8, in_channels=3, num_classes=3, model_channels=8, channel_mult=(1,),
+                            num_res_blocks=1, attention_resolutions=(), head_channels=8, norm_groups=4)).eval()
+    widget = SampleGridWidget(model, classes=[0, 2], per_class=2, steps=3, w=0.0)
+    with torch.no_grad():
+        expected = sample(guided(model, 0.0), (3, 8, 8), torch.tensor([0, 0, 2, 2]), generator=make_generator(0),
+                          steps=3, clip_x=1.0)
+    assert np.allclose(widget.picture.get_array(), image_grid(expected, 2), atol=1e-6)
+    widget.sliders["w"].value = 2.0
+    assert "w = 2 (s = 1 + w = 3)" in widget.picture.axes.get_title()
+
+
+def test_evaluate_command_names_the_missing_inception_weights(tmp_path, monkeypatch, capsys):
+    from cfgedu.cli import main
+
+    monkeypatch.delenv(fidelity.INCEPTION_ENV, raising=False)
+    assert main(["evaluate", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "eval"), "--protocol", "imagenet"]) == 2
+    assert "weights-inception-2015-12-05-6726825d.pth" in capsys.readouterr().err
+    assert main(["evaluate", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "eval"),
+                 "--inception", str(tmp_path / "nowhere.pth")]) == 2
+    assert "nowhere.pth does not exist" in capsys.readouterr().err

@@ -16,14 +16,21 @@ def add_arguments(parser):
     parser.add_argument("--w", type=float, nargs="+", default=[0.0, 0.1, 0.3, 1.0, 2.0, 4.0],
                         help="guidance strengths w (paper's convention; s = 1 + w)")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument("--protocol", choices=sorted(PROTOCOLS), default="digits", help="features and references")
+    parser.add_argument("--protocol", choices=sorted([*PROTOCOLS, "imagenet"]), default="digits",
+                        help="features and references (imagenet: Inception FID/IS, see --inception)")
     parser.add_argument("--per-class", type=int, default=100, help="samples per class for FID/IS/accuracy")
-    parser.add_argument("--steps", type=int, default=128, help="sampling steps T")
+    parser.add_argument("--steps", type=int, default=None, help="sampling steps T (default 128; imagenet 256)")
     parser.add_argument("--method", choices=("ancestral", "ddim"), default="ancestral", help="sampler")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampling noise and the floor subsets")
     parser.add_argument("--batch-size", type=int, default=500, help="images per sampling batch")
     parser.add_argument("--floor-repeats", type=int, default=5, help="real subsets averaged for the FID floor")
     parser.add_argument("--grid-columns", type=int, default=10, help="samples per class shown in each grid")
+    parser.add_argument("--inception", type=Path, default=None,
+                        help="ImageNet 64x64 (Table 1): the Inception weights weights-inception-2015-12-05-6726825d.pth "
+                             "(or set CFGEDU_INCEPTION_WEIGHTS and pass --protocol imagenet); runs under torchrun")
+    parser.add_argument("--n", type=int, default=50_000, help="imagenet: class-balanced samples per w")
+    parser.add_argument("--reference", type=Path, default=None,
+                        help="imagenet: ADM-style mu/sigma .npz (default: statistics of the run's prepared data)")
 
 
 def run(args) -> None:
@@ -35,6 +42,14 @@ def run(args) -> None:
     from ..tensors import default_device
     from ..training import load_checkpoint_model
 
+    if args.inception is not None or args.protocol == "imagenet":
+        from ..fidelity import evaluate_run, write_evaluation
+
+        result = evaluate_run(args.checkpoint, args.w, args.n, inception=args.inception, reference=args.reference,
+                              steps=args.steps or 256, seed=args.seed, batch_size=args.batch_size)
+        print(write_evaluation(result, args.out, args.checkpoint))
+        return
+    args.steps = args.steps or 128
     model = load_checkpoint_model(args.checkpoint).to(default_device())
     module_name, function_name = PROTOCOLS[args.protocol].split(":")
     protocol = getattr(importlib.import_module(module_name), function_name)(model.config.image_size)
