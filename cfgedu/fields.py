@@ -315,7 +315,8 @@ def plot_helmholtz(split: HelmholtzHodge, title: str = ""):
 
     h, axis = split.grid.half_width, split.grid.axis.numpy()
     fig, axes = plt.subplots(1, 3, figsize=(9.6, 3.4))
-    parts = (("field", split.field), ("gradient part ∇φ", split.gradient), ("rotational part ∇^⊥ψ", split.rotational))
+    parts = (("field $f$", split.field), (r"gradient part $\nabla\varphi$", split.gradient),
+             (r"rotational part $\nabla^\perp\psi$ over $\psi$", split.rotational))
     for ax, (name, values) in zip(axes, parts):
         values = values.numpy()
         if ax is axes[2]:

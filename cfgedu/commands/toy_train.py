@@ -13,7 +13,8 @@ def add_arguments(parser):
 
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--model", choices=MODELS, default="mlp",
-                        help="mlp: ε = σ·f(z, λ, c), free to curl; energy: ε = σ·∇_z E(z, λ, c), a gradient")
+                        help="mlp: ε = σ(κz + α·F(z, λ, c)), free to curl; energy: ε = σ·∇_z U(z, λ, c), "
+                             "a gradient by construction")
     parser.add_argument("--p-uncond", type=float, default=0.1, help="label dropout probability of Algorithm 1")
     parser.add_argument("--steps", type=int, default=TOY_TRAIN["steps"], help="optimisation steps")
     parser.add_argument("--seed", type=int, default=0, help="seed of the initial weights and of every draw")

@@ -25,6 +25,7 @@ from torch import nn
 
 from ..checks import check_batch, check_labels, check_positive_int
 from ..schedule import LogSNRSchedule, alpha_sigma
+from .embeddings import ClassEmbedding
 
 _SCHEDULE = LogSNRSchedule()  # u(λ) of the default p(λ) on [−20, 20]: u = 0 clean, u = 1 pure noise
 
@@ -83,7 +84,7 @@ class _ToyMLP(nn.Module):
             raise ValueError(f"{type(self).__name__} takes an MLPConfig, got {type(config).__name__}")
         self.config = config
         self.num_classes = config.num_classes
-        self.class_embedding = nn.Embedding(config.num_classes + 1, config.class_dim)  # row num_classes: ∅
+        self.class_embedding = ClassEmbedding(config.num_classes, config.class_dim)  # row num_classes: ∅
         self.trunk = silu_mlp(config.input_dim, config.width, config.depth, out_dim or config.data_dim)
 
     def _check(self, z: torch.Tensor, lam: torch.Tensor, c: torch.Tensor) -> None:
