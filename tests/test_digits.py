@@ -181,3 +181,15 @@ def test_bench_reports_consistent_figures():
     assert result["cfg_doubled_over_two_forwards"] == pytest.approx(
         result["cfg_doubled_batch_s"] / result["cfg_two_forwards_s"])
     assert result["train_images_per_s"] > 0 and result["mfu"] is None  # no bf16 peak on a CPU
+
+
+def test_sample_grid_slider_snaps_to_the_nearest_sampled_w():
+    from cfgedu.image_sampling import image_grid as grid_of
+    from cfgedu.widgets import SampleGridSlider
+
+    samples = {w: torch.full((4, 1, 2, 2), w / 4 - 1) for w in (0.0, 1.0, 4.0)}  # each w its own grey level
+    panel = SampleGridSlider(samples, rows=2)
+    panel.sliders["w"].value = 2.9
+    assert panel.nearest_w() == 4.0
+    assert np.array_equal(panel.image.get_array(), grid_of(samples[4.0], 2))
+    assert "w = 4 (s = 1 + w = 5)" in panel.view.axes[0].get_title()
