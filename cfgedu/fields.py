@@ -17,10 +17,12 @@ import torch
 from scipy import fft
 
 from .checks import check_finite, check_positive_int
+from .figure2 import cfg_samples
 from .gmm import GaussianMixture
-from .grid import Grid2D
+from .grid import Grid2D, HistogramTV, tilted_densities
 from .guidance import EpsModel, guided
 from .schedule import alpha_sigma
+from .tensors import make_generator
 
 Field = Callable[[torch.Tensor], torch.Tensor]
 
@@ -264,8 +266,6 @@ def fields_table(models: dict[str, EpsModel], mixture: GaussianMixture, ws=(0.0,
                  c: int = 0, grid: Grid2D = Grid2D(3.0, 96), points: int = 4096, seed: int = 0) -> list[dict]:
     """One field_report row per model, w and λ, with the model's name and its implicit-classifier error on
     `points` draws z ~ p_λ(z)."""
-    from .tensors import make_generator
-
     rows = []
     for name, model in models.items():
         check_2d(model, mixture.num_classes)
@@ -337,10 +337,6 @@ def projection_sampling(eps_model: EpsModel, mixture: GaussianMixture, w: float,
                         steps: int = 64, v: float = 0.3, grid: Grid2D = Grid2D(5.0, 48), seed: int = 0) -> dict:
     """CFG samples (K, n, 2) with Algorithm 2 from the raw guided field and from its conservative projection
     (the same noise for both), with the mean TV of each to the tilted targets π_w(x|c) (see cfgedu.figure2)."""
-    from .figure2 import cfg_samples
-    from .grid import HistogramTV, tilted_densities
-    from .tensors import make_generator
-
     model, K = as_float64(eps_model), mixture.num_classes
     projected = ConservativeProjection(guided(model, w, K), grid, K)
     settings = {"steps": steps, "v": v, "dtype": torch.float64}

@@ -21,6 +21,7 @@ from .nets import build_model, save_model
 from .nets.mlp import MLPConfig
 from .schedule import LogSNRSchedule, q_sample
 from .tensors import make_generator
+from .training import TrainConfig, train
 
 MODELS = ("mlp", "energy")
 
@@ -62,10 +63,8 @@ def _relative_error(eps_model, mixture, z, lam, labels, chunk) -> float:
     return squared_error / squared_target
 
 
-def toy_train_config(steps: int, p_uncond: float, seed: int, **overrides):
+def toy_train_config(steps: int, p_uncond: float, seed: int, **overrides) -> TrainConfig:
     """The training engine's TrainConfig for the toy preset, with any field overridden."""
-    from .training import TrainConfig
-
     return TrainConfig(**{**TOY_TRAIN, "steps": steps, "p_uncond": p_uncond, "seed": seed,
                           "ema_decay": toy_ema_decay(steps), **overrides})
 
@@ -80,8 +79,6 @@ def train_toy(model: str = "mlp", p_uncond: float = 0.1, steps: int = TOY_TRAIN[
     train_config (the TrainConfig used, as a dict). Other TrainConfig fields (batch_size, lr, ema_decay,
     ...) can be overridden by keyword; on_log receives the training loop's log records as they come.
     """
-    from .training import train
-
     check_choice("model", model, MODELS)
     check_in_range("p_uncond", p_uncond, 0.0, 1.0)
     steps = check_positive_int("steps", steps)
