@@ -142,7 +142,8 @@ if FAST:
 #
 # Algorithm 2 with ε̃ = (1 + w) ε_θ(z, c) − w ε_θ(z) (s = 1 + w), v = 0.3, from the EMA weights. The
 # noise is fixed, so moving `w` shows what guidance alone does (in fast mode the network is untrained
-# and the samples are noise; the mechanics are the same).
+# and the samples are noise; the mechanics are the same). In full mode the first checkpoint appears after
+# `checkpoint_every` = 5000 steps: rerun from here once `runs/in64/checkpoint.pt` exists.
 
 # %%
 model = load_checkpoint_model(RUN / "checkpoint.pt", use_ema=True)

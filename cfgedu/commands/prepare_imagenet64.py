@@ -23,8 +23,9 @@ def add_arguments(parser):
     parser.add_argument("--map-clsloc", type=Path, default=None,
                         help="pickles only: the devkit's map_clsloc.txt; relabels to the sorted-WNID order of "
                              "ADM/torchvision (default: keep the files' map_clsloc order, minus 1)")
-    parser.add_argument("--workers", type=int, default=max(1, min(8, os.cpu_count() or 1)),
-                        help="worker processes")
+    parser.add_argument("--workers", type=int, default=max(1, min(4, os.cpu_count() or 1)),
+                        help="worker processes (pickles: each holds one ~1.6 GB batch and its array in memory; "
+                             "the conversion needs ~16 GB of scratch disk beside the ~16 GB output)")
 
 
 def run(args) -> None:

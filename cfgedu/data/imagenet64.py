@@ -15,10 +15,10 @@ map_clsloc.txt to remap. A raw folder is always labelled by its sorted sub-folde
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import pickle
 import shutil
+import typing
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,10 +70,10 @@ class _RestrictedUnpickler(pickle.Unpickler):
         raise UnsafePickleError("refusing a persistent reference: not a downsampled-ImageNet batch")
 
 
-def restricted_load(data: bytes):
-    """Unpickle `data` allowing only numpy arrays/dtypes/scalars and builtin containers, ints and strings."""
+def restricted_load(handle: typing.BinaryIO):
+    """Unpickle from a binary file allowing only numpy arrays/dtypes/scalars, builtin containers, ints and strings."""
     # latin1 reads numpy arrays pickled by Python 2 as well as Python 3 pickles.
-    return _RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
+    return _RestrictedUnpickler(handle, encoding="latin1").load()
 
 
 def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -82,7 +82,8 @@ def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
         raise FileNotFoundError(f"no downsampled-ImageNet batch at {path}")
     try:
-        record = restricted_load(path.read_bytes())
+        with path.open("rb") as handle:  # streamed: a 1.6 GB batch is never held twice
+            record = restricted_load(handle)
     except UnsafePickleError as error:
         raise ValueError(f"{path}: {error}") from None
     except Exception as error:  # truncated or corrupted: EOFError, UnpicklingError, ValueError, ...
