@@ -141,6 +141,17 @@ class Attention(nn.Module):
         return x + out.transpose(1, 2).reshape(b, c, hgt, wid)
 
 
+class ConvResample(nn.Module):
+    """Plain resampling (resblock_updown=False): nearest-upsample + 3x3 conv, or a stride-2 3x3 conv."""
+
+    def __init__(self, channels: int, direction: str):
+        super().__init__()
+        self.direction = direction
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2 if direction == "down" else 1, padding=1)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+        return self.conv(resample(x, "up") if self.direction == "up" else x)
+
 class Stage(nn.ModuleList):
     """A sequence of blocks that all receive the conditioning embedding."""
 
@@ -235,16 +246,4 @@ class UNet(nn.Module):
         for stage in self.up:
             h = stage(torch.cat([h, skips.pop()], dim=1), emb)
         return self.head(h)
-
-
-class ConvResample(nn.Module):
-    """Plain resampling (resblock_updown=False): nearest-upsample + 3x3 conv, or a stride-2 3x3 conv."""
-
-    def __init__(self, channels: int, direction: str):
-        super().__init__()
-        self.direction = direction
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2 if direction == "down" else 1, padding=1)
-
-    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
-        return self.conv(resample(x, "up") if self.direction == "up" else x)
 
