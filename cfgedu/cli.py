@@ -17,6 +17,7 @@ COMMANDS = {
     "bench-widgets": "cfgedu.commands.bench_widgets",
     "toy-train": "cfgedu.commands.toy_train",
     "fields": "cfgedu.commands.fields",
+    "toy-tradeoff": "cfgedu.commands.toy_tradeoff",
 }
 
 
