@@ -102,3 +102,17 @@ def test_bad_configs():
         SweepConfig(steps=(0,))
     with pytest.raises(ValueError, match="corrector_steps"):
         SweepConfig(corrector_steps=(-1,))
+
+
+def test_interval_widget_full_interval_is_plain_cfg(toy_module):
+    from cfgedu.tradeoff import SAMPLERS, draw
+    from cfgedu.widgets import GuidanceIntervalWidget
+
+    widget = GuidanceIntervalWidget(toy_module, w=2.0, per_class=60, steps=6, bins=16)
+    assert "s = 1 + w = 3" in widget.readout.value
+    plain = draw(toy_module, 3, 2.0, 60, 6, SAMPLERS["ancestral-v0.3"], 0)
+    assert torch.equal(widget.samples(2.0, -20.0, 20.0), plain)
+    unguided = draw(toy_module, 3, 0.0, 60, 6, SAMPLERS["ancestral-v0.3"], 0)
+    assert torch.equal(widget.samples(2.0, 5.0, 5.0), unguided)  # an empty interval guides nowhere
+    widget.sliders["interval"].value = (-3.0, 3.0)
+    assert "λ∈[-3, 3]" in widget.view.axes[1].get_title() and widget.update_seconds > 0
