@@ -13,7 +13,8 @@ def add_arguments(parser):
     parser.add_argument("--fast", action="store_true", help="a CI-sized sweep (about a minute)")
     parser.add_argument("--train-steps", type=int, default=None, help="training steps of each learned MLP")
     parser.add_argument("--seed", type=int, default=None, help="seed of training and sampling")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (the toy's tensors are small: one thread is fastest on a busy machine)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
