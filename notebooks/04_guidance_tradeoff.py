@@ -88,15 +88,16 @@ for p in config.p_unconds:
 # frontier. Table 2 (128×128, columns $T$) finds $T = 256$ and $1024$ nearly equal and $T = 128$ worse at small
 # $w$ (FID 3.04 against 2.43 at $w = 0.3$).
 #
-# What the full toy sweep shows (three MLPs trained 1000 steps each, 2000 samples per class):
+# What the full toy sweep shows (`python -m cfgedu toy-tradeoff`: three MLPs trained 3000 steps each,
+# 2000 samples per class, T = 512 for the p_uncond table):
 # - IS rises monotonically with $w$ for every `p_uncond` and every $T$, as in the paper.
 # - FD rises monotonically from $w = 0$: **no FID dip at small $w$**. The unguided toy model is already almost
 #   exact (FD ≈ 0.000 at $w = 0$), so guidance has nothing to repair; the paper's dip comes from an imperfect
 #   ImageNet model whose samples guidance makes more typical.
-# - Larger `p_uncond` weakens guidance at a given $w$ (lower IS and FD). Along the FD–IS frontier the three
-#   curves are within a few hundredths of IS of each other; at high IS 0.2 ≲ 0.1 < 0.5 in FD — the paper's
-#   "0.5 is worse", but a small effect here.
-# - $T$ hardly matters on the toy (IS within 0.05, slightly higher at $T$ = 32; FD within 0.015), unlike
+# - `p_uncond` = 0.5 is worse along the frontier at large $w$ (at $w = 4$: FD 0.29 against 0.17 for 0.1, at
+#   about the same IS), 0.2 lies between: the paper's ordering. The effect is small for $w \le 1$, and with
+#   MLPs trained only 1000 steps the three curves were within a few hundredths of IS of each other.
+# - $T$ hardly matters on the toy (IS within 0.04, slightly higher at $T$ = 32; FD within 0.012), unlike
 #   Table 2's penalty at $T = 128$.
 # - Learned-model CFG reaches a higher IS than exact-ε* CFG at the same $w$, and at the same IS a lower FD.
 
