@@ -42,12 +42,12 @@ def guidance_label(w: float) -> str:
 class FigureView:
     """A matplotlib Figure with `ncols` axes, shown as PNG bytes in `self.image` (an ipywidgets.Image)."""
 
-    def __init__(self, ncols: int, panel_inches: float = 2.8, dpi: int = 80):
+    def __init__(self, ncols: int, panel_inches: float = 2.8, dpi: int = 90, zoom: float = 1.25):
         self.figure = Figure(figsize=(panel_inches * ncols, panel_inches + 0.3), dpi=dpi)
         FigureCanvasAgg(self.figure)
         self.axes = self.figure.subplots(1, ncols, squeeze=False)[0]
-        width, _ = self.figure.canvas.get_width_height()
-        self.image = ipywidgets.Image(format="png", layout=ipywidgets.Layout(width=f"{width}px"))  # not stretched
+        width, _ = self.figure.canvas.get_width_height()  # shown `zoom` times larger: rendering costs pixels
+        self.image = ipywidgets.Image(format="png", layout=ipywidgets.Layout(width=f"{round(zoom * width)}px"))
         self.image.add_class("cfgedu-figure")
 
     def refresh(self) -> None:
