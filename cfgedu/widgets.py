@@ -272,12 +272,18 @@ BENCHMARKS: dict[str, Callable[[], SliderPanel]] = {
 
 
 def slider_values(slider, moves: int) -> list:
-    """`moves` values cycling over the slider's range, each different from the one before (from its value)."""
+    """`moves` values cycling over the slider's range, each different from the one before (from its value).
+
+    A range slider (tuple value) gets intervals that widen from the bottom of its range."""
     ticks = torch.linspace(slider.min, slider.max, min(moves, 4) + 1).tolist()
-    ticks = sorted({type(slider.value)(round(t / slider.step) * slider.step) for t in ticks})
+    ticks = sorted({round(t / slider.step) * slider.step for t in ticks})
+    if isinstance(slider.value, tuple):
+        options = [(ticks[0], t) for t in ticks[1:]]
+    else:
+        options = [type(slider.value)(t) for t in ticks]
     values, previous = [], slider.value
     while len(values) < moves:
-        previous = next(t for t in ticks[len(values) % len(ticks):] + ticks if t != previous)
+        previous = next(t for t in options[len(values) % len(options):] + options if t != previous)
         values.append(previous)
     return values
 

@@ -89,3 +89,13 @@ def test_time_sliders_moves_every_slider_to_new_values(toy):
     assert all(a != b for a, b in zip([panel.sliders["c"].value, *values], values))
     timings = widgets.time_sliders(panel, moves=3)
     assert set(timings) == {"λ", "c"} and all(len(t) == 3 and min(t) > 0 for t in timings.values())
+
+
+def test_range_sliders_get_new_intervals():
+    import ipywidgets
+
+    slider = ipywidgets.FloatRangeSlider(value=(-3.0, 2.5), min=-20.0, max=20.0, step=0.5)
+    values = widgets.slider_values(slider, 5)
+    assert all(isinstance(v, tuple) and v[0] < v[1] for v in values)
+    assert all(a != b for a, b in zip([slider.value, *values], values))
+    slider.value = values[-1]  # the slider accepts them
