@@ -22,11 +22,6 @@ MODEL_KINDS: dict[str, str] = {
 }
 
 
-def register(kind: str, target: str) -> None:
-    """Declare that networks of `kind` are built by `target` ("cfgedu.nets.module:Class")."""
-    MODEL_KINDS[kind] = target
-
-
 def _model_class(kind: str):
     if kind not in MODEL_KINDS:
         raise ValueError(f"unknown model kind {kind!r}; known kinds: {', '.join(sorted(MODEL_KINDS)) or 'none'}")
