@@ -1,6 +1,7 @@
 import os
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.setdefault("CFGEDU_FAST", "1")  # nbval kernels inherit it: notebooks run their small fast mode
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
