@@ -1,8 +1,10 @@
 import os
 
-os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("CFGEDU_FAST", "1")  # nbval kernels inherit it: notebooks run their small fast mode
 
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")  # for this process only: notebook kernels keep their own inline backend
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
