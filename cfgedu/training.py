@@ -467,14 +467,17 @@ def train(model: nn.Module, data: DataSource, config: TrainConfig, out_dir: Path
     resume an existing checkpoint is an error. Under torchrun only rank 0 writes files and shows the bar.
     """
     _check_inputs(model, data, config, kind)
+    import torch.distributed as dist
+
     processes = _start_processes(config)
     try:
-        return _run(_Trainer(model, data, config, processes), Path(out_dir) if out_dir is not None else None,
-                    kind, resume, progress, on_log)
+        result = _run(_Trainer(model, data, config, processes), Path(out_dir) if out_dir is not None else None,
+                      kind, resume, progress, on_log)
+        if processes.owns_group:
+            dist.barrier()  # no rank tears gloo down while another still writes its files
+        return result
     finally:
         if processes.owns_group:
-            import torch.distributed as dist
-
             dist.destroy_process_group()
 
 
