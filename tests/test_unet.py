@@ -64,6 +64,14 @@ def test_fresh_network_predicts_zero_noise():
     assert torch.equal(model(*inputs(TINY, 3)), torch.zeros(3, *TINY.data_shape))
 
 
+def test_a_first_level_wider_than_model_channels_sets_the_stem_and_head_width():
+    """ADM's outermost width is model_channels · channel_mult[0], which need not be 1."""
+    config = dataclasses.replace(TINY, channel_mult=(2, 3))
+    model = perturbed(config)
+    assert model.stem.out_channels == model.head[-1].in_channels == 32
+    assert model(*inputs(config, 2)).shape == (2, *config.data_shape)
+
+
 def test_each_output_depends_only_on_its_own_input():
     model = perturbed()
     z, lam, c = inputs(TINY, 5)

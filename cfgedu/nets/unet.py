@@ -170,16 +170,17 @@ class UNet(nn.Module):
         super().__init__()
         self.config = config
         self.num_classes = config.num_classes
-        ch, emb = config.model_channels, config.embed_mult * config.model_channels
-        self.lam_embed = LogSNREmbedding(ch, emb)
+        emb = config.embed_mult * config.model_channels
+        self.lam_embed = LogSNREmbedding(config.model_channels, emb)
         self.class_embed = ClassEmbedding(config.num_classes, emb)
-        self.stem = nn.Conv2d(config.in_channels, ch, 3, padding=1)
-        self.down, skips, ch, size = self._build_down(ch, emb)
+        outer = config.model_channels * config.channel_mult[0]  # the stem's and the head's width, as in ADM
+        self.stem = nn.Conv2d(config.in_channels, outer, 3, padding=1)
+        self.down, skips, ch, size = self._build_down(outer, emb)
         self.middle = Stage([self._res(ch, ch, emb), Attention(ch, config.head_channels, config.norm_groups),
                              self._res(ch, ch, emb)])
         self.up = self._build_up(ch, emb, skips, size)
-        self.head = nn.Sequential(nn.GroupNorm(config.norm_groups, config.model_channels), nn.SiLU(),
-                                  zero_init(nn.Conv2d(config.model_channels, config.in_channels, 3, padding=1)))
+        self.head = nn.Sequential(nn.GroupNorm(config.norm_groups, outer), nn.SiLU(),
+                                  zero_init(nn.Conv2d(outer, config.in_channels, 3, padding=1)))
 
     def _res(self, channels: int, out_channels: int, emb: int, direction: str | None = None) -> ResBlock:
         return ResBlock(channels, out_channels, emb, self.config.dropout, self.config.norm_groups, direction)
