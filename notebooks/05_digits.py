@@ -22,7 +22,7 @@
 # small CNN plays Inception's role.
 #
 # **Time.** About 30 s in fast mode (`CFGEDU_FAST=1`, what CI runs: a few training steps, a few samples). Full
-# mode trains the `digits` preset (800 steps; about 10 minutes on an idle 2-core CPU, resumed if already in
+# mode trains the `digits` preset (1,000 steps; about 9 minutes on an idle 2-core CPU, resumed if already in
 # `runs/digits`) and samples 1,000 images per $w$ with $T = 128$ (long on a CPU: reduce `PER_CLASS`).
 
 # %% tags=["parameters"]
@@ -30,7 +30,7 @@ import os
 
 FAST = bool(os.environ.get("CI") or os.environ.get("CFGEDU_FAST"))
 RUN_DIR = None if FAST else "runs/digits"  # None: a temporary folder
-TRAIN_STEPS = 3 if FAST else None  # None: the preset's 800 steps
+TRAIN_STEPS = 3 if FAST else None  # None: the preset's 1,000 steps
 SHORT_STEPS = 2 if FAST else 100  # the deliberately short run of the last section (about a minute)
 WS = [0.0, 0.3, 1.0, 4.0] if FAST else [0.0, 0.1, 0.3, 1.0, 2.0, 4.0]
 PER_CLASS = 2 if FAST else 100  # samples per class and per w

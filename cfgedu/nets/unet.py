@@ -63,8 +63,9 @@ class UNetConfig:
 
 
 PRESETS: dict[str, UNetConfig] = {
-    # 16x16 digits on a CPU: 1.4M parameters, attention at 8x8 and 4x4.
-    "digits": UNetConfig(image_size=16, in_channels=1, num_classes=10, model_channels=32, channel_mult=(1, 2, 2),
+    # 16x16 digits on a CPU: 3.9M parameters, most of them at 8x8 and 4x4 (where attention is), which buy class
+    # fidelity for less compute than a wider 16x16 level.
+    "digits": UNetConfig(image_size=16, in_channels=1, num_classes=10, model_channels=32, channel_mult=(1, 3, 4),
                          num_res_blocks=1, attention_resolutions=(8, 4), head_channels=32, dropout=0.1,
                          norm_groups=8),
     # ADM-64 (guided-diffusion README flags) with 3 output channels and a null class row.
