@@ -171,6 +171,17 @@ def test_commands_reject_bad_checkpoints_and_presets(run_dir, tmp_path, capsys):
     assert "unknown preset 'digitz'" in capsys.readouterr().err
 
 
+def test_describe_applies_config_overrides(capsys):
+    assert main(["describe", "--preset", "digits"]) == 0
+    preset_info = json.loads(capsys.readouterr().out)
+    assert main(["describe", "--preset", "digits", "--model.channel_mult", "1,2,2", "--steps", "7"]) == 0
+    variant = json.loads(capsys.readouterr().out)
+    assert variant["model"]["channel_mult"] == [1, 2, 2] and variant["train"]["steps"] == 7
+    assert variant["parameters"] < preset_info["parameters"]
+    assert main(["describe", "--preset", "digits", "--model.no_such_field", "1"]) == 2
+    assert "no_such_field" in capsys.readouterr().err
+
+
 def test_bench_reports_consistent_figures():
     from cfgedu.bench import benchmark
     from cfgedu.nets.unet import UNet

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ._overrides import collect_overrides, override_pairs
+
 HELP = ("Train a preset's network with Algorithm 1 (label dropout, λ ~ p(λ), ε-MSE), AdamW, warm-up, clipping, "
         "EMA, atomic checkpoints and exact resume; any config field can be overridden as --key value "
         "(e.g. --steps 1000 --lr 1e-4 --model.width 64). Runs under torchrun for DDP.")
@@ -21,37 +23,7 @@ def add_arguments(parser):
     parser.add_argument("--threads", type=int, default=0,
                         help="CPU threads per process (0: PyTorch's default); 1 is fastest for tiny models on a "
                              "busy machine")
-    parser.allow_abbrev = False  # so that an override such as --re is never taken for --resume
-    _collect_overrides(parser)
-
-
-def _collect_overrides(parser) -> None:
-    """Unknown `--key value` arguments become args.overrides instead of argparse errors."""
-    parse_known_args = parser.parse_known_args
-
-    def parse_with_overrides(args=None, namespace=None):
-        namespace, extras = parse_known_args(args, namespace)
-        namespace.overrides = extras
-        return namespace, []
-
-    parser.parse_known_args = parse_with_overrides
-
-
-def override_pairs(words: list[str]) -> dict[str, str]:
-    """["--steps", "10", "--lr=1e-3"] -> {"steps": "10", "lr": "1e-3"}."""
-    pairs, index = {}, 0
-    while index < len(words):
-        word = words[index]
-        if not word.startswith("--") or len(word) == 2:
-            raise ValueError(f"expected --key value, got {word!r}")
-        key, has_value, value = word[2:].partition("=")
-        if not has_value:
-            if index + 1 >= len(words):
-                raise ValueError(f"--{key} needs a value")
-            index, value = index + 1, words[index + 1]
-        pairs[key] = value
-        index += 1
-    return pairs
+    collect_overrides(parser)
 
 
 def run(args) -> None:
