@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from .checks import check_choice, check_in_range, check_positive_int
@@ -250,8 +251,6 @@ def _resolve_device(config: TrainConfig, local_rank: int) -> torch.device:
 
 def _start_processes(config: TrainConfig) -> _Processes:
     """One process, or the torchrun group described by RANK/WORLD_SIZE/LOCAL_RANK (NCCL on CUDA, else gloo)."""
-    import torch.distributed as dist
-
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1 and not dist.is_initialized():
         return _Processes(0, 1, _resolve_device(config, 0), False)
@@ -266,8 +265,6 @@ def _start_processes(config: TrainConfig) -> _Processes:
 
 def _mean_over_processes(value: torch.Tensor, processes: _Processes) -> torch.Tensor:
     if processes.world_size > 1:
-        import torch.distributed as dist
-
         dist.all_reduce(value)  # SUM: gloo has no AVG
         value = value / processes.world_size
     return value
@@ -467,8 +464,6 @@ def train(model: nn.Module, data: DataSource, config: TrainConfig, out_dir: Path
     resume an existing checkpoint is an error. Under torchrun only rank 0 writes files and shows the bar.
     """
     _check_inputs(model, data, config, kind)
-    import torch.distributed as dist
-
     processes = _start_processes(config)
     try:
         result = _run(_Trainer(model, data, config, processes), Path(out_dir) if out_dir is not None else None,
