@@ -34,8 +34,15 @@ def _timed(fn, repeats: int, device: torch.device) -> float:
 
 def _inputs(model, batch: int, device: torch.device, generator: torch.Generator):
     z = torch.randn((batch, *model.config.data_shape), generator=generator, device=device)
+    if _is_channels_last(model) and z.ndim == 4:
+        z = z.contiguous(memory_format=torch.channels_last)
     lam = torch.rand(batch, generator=generator, device=device) * 40 - 20
     return z, lam, torch.randint(0, model.num_classes, (batch,), generator=generator, device=device)
+
+
+def _is_channels_last(model) -> bool:
+    weights = [param for param in model.parameters() if param.ndim == 4]
+    return bool(weights) and weights[0].is_contiguous(memory_format=torch.channels_last)
 
 
 def train_step_seconds(model, batch: int, steps: int, device: torch.device, autocast) -> float:
@@ -84,14 +91,23 @@ def bf16_peak(device: torch.device) -> float | None:
 
 
 def benchmark(model: torch.nn.Module, *, batch_size: int, train_steps: int = 3, repeats: int = 3,
-              sampling_steps: int = 128, device: torch.device | str = "cpu") -> dict:
-    """Training and sampling throughput, the CFG doubled-batch ratio, size, GFLOPs, peak memory and MFU."""
+              sampling_steps: int = 128, device: torch.device | str = "cpu", compile: bool = False,
+              channels_last: bool = False) -> dict:
+    """Training and sampling throughput, the CFG doubled-batch ratio, size, GFLOPs, peak memory and MFU.
+
+    compile and channels_last are the training options of the same names; with compile, the untimed
+    warm-up call of each timed function pays the compilation.
+    """
     device = torch.device(device)
     model = model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    gflops = forward_flops(model) / 1e9
+    if compile:
+        model = torch.compile(model)
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else nullcontext
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    gflops = forward_flops(model) / 1e9
     train_s = train_step_seconds(model, batch_size, train_steps, device, autocast)
     forward = forward_seconds(model, batch_size, repeats, device, autocast)
     train_ips = batch_size / train_s
@@ -99,6 +115,7 @@ def benchmark(model: torch.nn.Module, *, batch_size: int, train_steps: int = 3, 
     return {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
         "precision": "bf16 autocast" if device.type == "cuda" else "fp32",
+        "compile": compile, "channels_last": channels_last,
         "batch_size": batch_size, "parameters": count_parameters(model), "forward_gflops": gflops,
         "train_images_per_s": train_ips,
         "sampling_images_per_s": batch_size / (forward["doubled"] * sampling_steps),

@@ -194,6 +194,17 @@ def test_bench_reports_consistent_figures():
     assert result["train_images_per_s"] > 0 and result["mfu"] is None  # no bf16 peak on a CPU
 
 
+def test_bench_command_applies_config_overrides(capsys):
+    overrides = ["--model.channel_mult", "1,2", "--channels_last", "true"]
+    assert main(["describe", "--preset", "digits", *overrides]) == 0
+    described = json.loads(capsys.readouterr().out)
+    assert main(["bench", "--preset", "digits", "--batch-size", "2", "--steps", "1", "--repeats", "1", *overrides]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["parameters"] == described["parameters"]
+    assert result["forward_gflops"] == pytest.approx(described["forward_gflops"])
+    assert result["channels_last"] is True and result["compile"] is False
+
+
 def test_sample_grid_slider_snaps_to_the_nearest_sampled_w():
     from cfgedu.image_sampling import image_grid as grid_of
     from cfgedu.widgets import SampleGridSlider

@@ -1,9 +1,12 @@
 """`python -m cfgedu bench --preset NAME`: training and sampling throughput of a preset's network here."""
 from __future__ import annotations
 
+from ._overrides import collect_overrides, override_pairs
+
 HELP = ("Benchmark a preset's network on this device (CUDA if available): training images/s, sampling images/s "
         "with CFG, one doubled-batch CFG forward against two forwards, parameters, forward GFLOPs, peak memory "
-        "and, on CUDA, model-FLOPs utilisation against the bf16 peak.")
+        "and, on CUDA, model-FLOPs utilisation against the bf16 peak. Config fields can be overridden as in "
+        "train; the training options --compile and --channels_last apply here too.")
 
 
 def add_arguments(parser):
@@ -15,6 +18,7 @@ def add_arguments(parser):
     parser.add_argument("--repeats", type=int, default=3, help="timed forwards (after one warm-up)")
     parser.add_argument("--sampling-steps", type=int, default=128, help="T used to turn step time into images/s")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    collect_overrides(parser)
 
 
 def default_batch(experiment, device, gflops: float) -> int:
@@ -31,18 +35,20 @@ def run(args) -> None:
 
     from ..bench import benchmark
     from ..checks import check_positive_int
-    from ..config import preset
+    from ..config import apply_overrides, preset
     from ..flops import forward_flops
     from ..nets import build_model
     from ..tensors import default_device
 
     if args.threads:
         torch.set_num_threads(check_positive_int("threads", args.threads))
-    experiment, device = preset(args.preset), default_device()
+    experiment = apply_overrides(preset(args.preset), override_pairs(args.overrides))
+    device = default_device()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = build_model(experiment.kind, dataclasses.asdict(experiment.model))
     batch = args.batch_size or default_batch(experiment, device, forward_flops(model) / 1e9)
     result = benchmark(model, batch_size=check_positive_int("batch-size", batch), train_steps=args.steps,
-                       repeats=args.repeats, sampling_steps=args.sampling_steps, device=device)
+                       repeats=args.repeats, sampling_steps=args.sampling_steps, device=device,
+                       compile=experiment.train.compile, channels_last=experiment.train.channels_last)
     print(json.dumps({"preset": args.preset, **result}, indent=2))
