@@ -366,14 +366,12 @@ def table1_markdown(rows: list[dict], p_uncond: float = 0.1) -> str:
 
 def _join_processes() -> torch.device:
     """This process's device; under torchrun (WORLD_SIZE > 1) also joins the process group (NCCL or gloo)."""
-    import torch.distributed as dist
+    from .training import join_process_group
 
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if torch.cuda.is_available() else \
         torch.device("cpu")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        join_process_group(device)
     return device
 
 

@@ -255,12 +255,19 @@ def _start_processes(config: TrainConfig) -> _Processes:
     if world_size == 1 and not dist.is_initialized():
         return _Processes(0, 1, _resolve_device(config, 0), False)
     device = _resolve_device(config, int(os.environ.get("LOCAL_RANK", "0")))
-    owns_group = not dist.is_initialized()
-    if owns_group:
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    owns_group = join_process_group(device)
     return _Processes(dist.get_rank(), dist.get_world_size(), device, owns_group)
+
+
+def join_process_group(device: torch.device) -> bool:
+    """Bind this process to `device` and join torchrun's group (NCCL on CUDA, else gloo), unless a group exists;
+    returns whether this call created it (and so should destroy it)."""
+    if dist.is_initialized():
+        return False
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return True
 
 
 def _mean_over_processes(value: torch.Tensor, processes: _Processes) -> torch.Tensor:
