@@ -32,24 +32,20 @@ def _timed(fn, repeats: int, device: torch.device) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def _inputs(model, batch: int, device: torch.device, generator: torch.Generator):
+def _inputs(model, batch: int, device: torch.device, generator: torch.Generator,
+            memory_format: torch.memory_format = torch.contiguous_format):
     z = torch.randn((batch, *model.config.data_shape), generator=generator, device=device)
-    if _is_channels_last(model) and z.ndim == 4:
-        z = z.contiguous(memory_format=torch.channels_last)
+    z = z.contiguous(memory_format=memory_format) if z.ndim == 4 else z
     lam = torch.rand(batch, generator=generator, device=device) * 40 - 20
     return z, lam, torch.randint(0, model.num_classes, (batch,), generator=generator, device=device)
 
 
-def _is_channels_last(model) -> bool:
-    weights = [param for param in model.parameters() if param.ndim == 4]
-    return bool(weights) and weights[0].is_contiguous(memory_format=torch.channels_last)
-
-
-def train_step_seconds(model, batch: int, steps: int, device: torch.device, autocast) -> float:
+def train_step_seconds(model, batch: int, steps: int, device: torch.device, autocast,
+                       memory_format: torch.memory_format = torch.contiguous_format) -> float:
     """Seconds per AdamW step of Algorithm 1's loss on random images of the model's shape."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     generator = torch.Generator(device=device).manual_seed(0)
-    x, _, c = _inputs(model, batch, device, generator)
+    x, _, c = _inputs(model, batch, device, generator, memory_format)
 
     def step():
         with autocast():
@@ -64,10 +60,11 @@ def train_step_seconds(model, batch: int, steps: int, device: torch.device, auto
 
 
 @torch.no_grad()
-def forward_seconds(model, batch: int, repeats: int, device: torch.device, autocast) -> dict:
+def forward_seconds(model, batch: int, repeats: int, device: torch.device, autocast,
+                    memory_format: torch.memory_format = torch.contiguous_format) -> dict:
     """Seconds of one guided sampling step (doubled batch 2B) and of two separate B forwards."""
     model.eval()
-    z, lam, c = _inputs(model, batch, device, torch.Generator(device=device).manual_seed(1))
+    z, lam, c = _inputs(model, batch, device, torch.Generator(device=device).manual_seed(1), memory_format)
     null = torch.full_like(c, model.num_classes)
     cfg_model = guided(model, 1.0)
     with autocast():
@@ -100,16 +97,16 @@ def benchmark(model: torch.nn.Module, *, batch_size: int, train_steps: int = 3, 
     """
     device = torch.device(device)
     model = model.to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
     gflops = forward_flops(model) / 1e9
     if compile:
         model = torch.compile(model)
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else nullcontext
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    train_s = train_step_seconds(model, batch_size, train_steps, device, autocast)
-    forward = forward_seconds(model, batch_size, repeats, device, autocast)
+    train_s = train_step_seconds(model, batch_size, train_steps, device, autocast, memory_format)
+    forward = forward_seconds(model, batch_size, repeats, device, autocast, memory_format)
     train_ips = batch_size / train_s
     peak = bf16_peak(device)
     return {

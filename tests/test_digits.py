@@ -192,6 +192,10 @@ def test_bench_reports_consistent_figures():
     assert result["cfg_doubled_over_two_forwards"] == pytest.approx(
         result["cfg_doubled_batch_s"] / result["cfg_two_forwards_s"])
     assert result["train_images_per_s"] > 0 and result["mfu"] is None  # no bf16 peak on a CPU
+    net = UNet(TINY)
+    benchmark(net, batch_size=2, train_steps=1, repeats=1, sampling_steps=10, channels_last=True)
+    conv = net.down[0][0].in_conv.weight  # (C_out, C_in > 1, 3, 3): the two layouts differ
+    assert conv.shape[1] > 1 and conv.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_bench_command_applies_config_overrides(capsys):
