@@ -96,9 +96,8 @@ def benchmark(model: torch.nn.Module, *, batch_size: int, train_steps: int = 3, 
     warm-up call of each timed function pays the compilation.
     """
     device = torch.device(device)
-    model = model.to(device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
+    model = model.to(device, memory_format=memory_format)
     gflops = forward_flops(model) / 1e9
     if compile:
         model = torch.compile(model)

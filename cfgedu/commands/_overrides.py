@@ -1,4 +1,4 @@
-"""`--key value` config overrides on the command line (train, describe): any field of a preset's Experiment."""
+"""`--key value` config overrides on the command line (train, describe, bench): any field of a preset's Experiment."""
 from __future__ import annotations
 
 
