@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 
 from .checks import check_batch, check_labels
+from .parameterization import x_to_eps
 from .schedule import alpha_sigma
-from .tensors import expand_like
 
 
 class EmpiricalScore:
@@ -44,5 +44,4 @@ class EmpiricalScore:
         other_class = (self.labels[None] != c[:, None]) & (c[:, None] != self.num_classes)
         logits = (-sq_dist / (2 * sigma[:, None] ** 2)).masked_fill(other_class, -torch.inf)
         x_hat = torch.softmax(logits, dim=1) @ self.points  # (B, D): E[x | z, c]
-        eps = (flat - expand_like(alpha, flat) * x_hat) / expand_like(sigma, flat)
-        return eps.reshape(z.shape).to(z.dtype)
+        return x_to_eps(flat, x_hat, lam.double()).reshape(z.shape).to(z.dtype)
