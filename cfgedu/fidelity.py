@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checks import check_positive_int
-from .io import _atomic_write
+from .io import atomic_write
 from .metrics import frechet_gaussians, inception_score
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
@@ -168,7 +168,7 @@ class FeatureStats:
     def save_npz(self, path: Path) -> Path:
         """Write ADM-style reference statistics atomically: mu (D,), sigma (D, D)."""
         mu, sigma = self.mean.numpy(), self.cov.numpy()
-        return _atomic_write(Path(path), lambda handle: np.savez(handle, mu=mu, sigma=sigma))
+        return atomic_write(Path(path), lambda handle: np.savez(handle, mu=mu, sigma=sigma))
 
 
 def load_reference(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..checks import check_choice, check_positive_int
-from ..io import _atomic_write, atomic_write_json
+from ..io import atomic_write, atomic_write_json
 from ..tensors import make_generator
 
 IMAGE_SIZE = 64
@@ -203,7 +203,7 @@ class _Part:
 
 def _write_part(part: _Part, parts_dir: Path) -> str:
     images, labels = part.convert()
-    _atomic_write(parts_dir / f"{part.name}.npz", lambda handle: np.savez(handle, images=images, labels=labels))
+    atomic_write(parts_dir / f"{part.name}.npz", lambda handle: np.savez(handle, images=images, labels=labels))
     return part.name
 
 
@@ -241,7 +241,7 @@ def _assemble(parts: list[_Part], parts_dir: Path, out: Path, split: str, label_
     tmp.replace(out / f"{split}_images.npy")
     labels = np.concatenate(labels).astype(np.int64)
     labels = label_map[labels] if label_map is not None else labels
-    _atomic_write(out / f"{split}_labels.npy", lambda handle: np.save(handle, labels))
+    atomic_write(out / f"{split}_labels.npy", lambda handle: np.save(handle, labels))
     return total
 
 
