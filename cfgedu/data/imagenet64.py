@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..checks import check_choice, check_positive_int
-from ..io import atomic_write, atomic_write_json
+from ..io import atomic_write, atomic_write_json, first_sentence
 from ..tensors import make_generator
 
 IMAGE_SIZE = 64
@@ -157,14 +157,15 @@ def list_class_folder(root: Path) -> tuple[list[str], list[Path], np.ndarray]:
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
     if not classes:
         raise ValueError(f"{root} has no class sub-folders (expected one folder of JPEGs per class)")
-    paths, labels = [], []
-    for label, name in enumerate(classes):
-        files = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        paths += files
-        labels += [label] * len(files)
-    if not paths:
-        raise ValueError(f"{root} has class folders but no images ({', '.join(IMAGE_SUFFIXES)})")
-    return classes, paths, np.array(labels, dtype=np.int64)
+    files = {name: sorted(p for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) for name in classes}
+    empty = [name for name in classes if not files[name]]
+    if empty:
+        shown = ", ".join(empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+        raise ValueError(f"{root}: {len(empty)} class folder(s) hold no images ({', '.join(IMAGE_SUFFIXES)}): {shown}; "
+                         f"every sub-folder is a class, so add its images or remove it")
+    paths = [path for name in classes for path in files[name]]
+    labels = np.repeat(np.arange(len(classes), dtype=np.int64), [len(files[name]) for name in classes])  # (N,)
+    return classes, paths, labels
 
 
 def _read_images(paths: list[Path], method: str) -> np.ndarray:
@@ -212,16 +213,17 @@ def _run_parts(parts: list[_Part], parts_dir: Path, workers: int, progress: bool
     from tqdm.auto import tqdm
 
     todo = [p for p in parts if not (parts_dir / f"{p.name}.npz").is_file()]
-    bar = tqdm(total=len(parts), initial=len(parts) - len(todo), desc="converting", unit="part", disable=not progress)
-    if workers <= 1:
-        for part in todo:
-            _write_part(part, parts_dir)
-            bar.update()
-    else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            for _ in pool.map(_write_part, todo, [parts_dir] * len(todo)):
+    # The bar is closed on the way out, so that an error is printed on a line of its own.
+    with tqdm(total=len(parts), initial=len(parts) - len(todo), desc="converting", unit="part",
+              disable=not progress) as bar:
+        if workers <= 1:
+            for part in todo:
+                _write_part(part, parts_dir)
                 bar.update()
-    bar.close()
+        else:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                for _ in pool.map(_write_part, todo, [parts_dir] * len(todo)):
+                    bar.update()
 
 
 def _assemble(parts: list[_Part], parts_dir: Path, out: Path, split: str, label_map: np.ndarray | None) -> int:
@@ -334,29 +336,77 @@ def convert_folder(src: Path, out: Path, *, resize: str = "box", val_src: Path |
 # Reading the prepared folder.
 # ---------------------------------------------------------------------------------------------
 
+def _prepare_command(root: Path) -> str:
+    return f"`python -m cfgedu prepare-imagenet64 --src PATH --out {root}`"
+
+
+def _bad_file(path: Path, problem: str, root: Path, error: type[Exception] = ValueError) -> Exception:
+    """One line: which file of a prepared folder is wrong, what is wrong, and how to fix it."""
+    return error(f"{path} {problem}: prepare the folder again with {_prepare_command(root)}")
+
+
 def read_manifest(root: Path) -> dict:
     """The manifest of a prepared folder, with a clear error when the folder was never prepared."""
     path = Path(root) / "manifest.json"
     if not path.is_file():
         raise FileNotFoundError(f"no prepared ImageNet 64x64 at {root} (manifest.json missing): run "
-                                f"`python -m cfgedu prepare-imagenet64 --src PATH --out {root}` (see data/README.md)")
+                                f"{_prepare_command(root)} (see data/README.md)")
     manifest = json.loads(path.read_text())
     if manifest.get("format") != MANIFEST_FORMAT:
         raise ValueError(f"{path} is not a cfgedu ImageNet 64x64 manifest")
+    missing = [key for key in ("image_shape", "num_classes", "splits") if key not in manifest]
+    if missing:
+        raise _bad_file(path, f"lacks {', '.join(missing)}", root)
     return manifest
 
 
+def _load_npy(path: Path, root: Path, mmap_mode: str | None = None) -> np.ndarray:
+    """np.load without pickles; a missing, object-array or unreadable file is an error that names it."""
+    try:
+        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except FileNotFoundError:
+        raise _bad_file(path, "is missing", root, FileNotFoundError) from None
+    except (ValueError, EOFError) as error:
+        if "object" in str(error).lower():  # numpy's words for an object array, or for a file that is a pickle
+            raise _bad_file(path, "holds pickled Python objects (an object array, or a pickle rather than a .npy "
+                            "array), which cfgedu will not unpickle", root) from None
+        detail = f"{type(error).__name__}: {first_sentence(error)}"
+        raise _bad_file(path, f"is not a readable .npy file ({detail})", root) from None
+
+
+def _check_images(images: np.ndarray, path: Path, image_shape: tuple, root: Path) -> None:
+    """Refuse pixels that are not uint8 or not of the manifest's image_shape (from the header alone)."""
+    if images.dtype != np.uint8:
+        raise _bad_file(path, f"holds {images.dtype} pixels, not uint8 (0..255)", root)
+    if images.shape[1:] != image_shape:
+        raise _bad_file(path, f"holds images of shape {images.shape[1:]}, not the manifest's {image_shape}", root)
+
+
+def _check_labels(labels: np.ndarray, path: Path, num_classes: int, root: Path) -> None:
+    """Refuse labels that are not integers of shape (N,) in 0..num_classes-1."""
+    if labels.dtype.kind not in "iu" or labels.ndim != 1:
+        raise _bad_file(path, f"holds {labels.dtype} of shape {labels.shape}, not integer labels of shape (N,)", root)
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise _bad_file(path, f"holds labels {labels.min()}..{labels.max()}, not 0..{num_classes - 1} "
+                        f"(the manifest's {num_classes} classes; {num_classes} is the null label ∅)", root)
+
+
 def load_split(root: Path, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
-    """(images uint8 (N, 3, 64, 64) memory-mapped read-only, labels int64 (N,)) of a prepared split."""
+    """(images uint8 (N, 3, 64, 64) memory-mapped read-only, labels int64 (N,)) of a prepared split, checked
+    against the manifest when opened (from the image file's header: no pixel is read)."""
+    root = Path(root)
     manifest = read_manifest(root)
     if split not in manifest["splits"]:
         raise ValueError(f"{root} has splits {', '.join(manifest['splits'])}; got split {split!r}")
-    images = np.load(Path(root) / f"{split}_images.npy", mmap_mode="r", allow_pickle=False)
-    labels = np.load(Path(root) / f"{split}_labels.npy", allow_pickle=False)
-    if images.shape[0] != labels.shape[0] or images.shape[0] != manifest["splits"][split]:
-        raise ValueError(f"{root}: {split} images ({images.shape[0]}), labels ({labels.shape[0]}) and manifest "
-                         f"({manifest['splits'][split]}) disagree; prepare the folder again")
-    return images, labels
+    image_file, label_file = root / f"{split}_images.npy", root / f"{split}_labels.npy"
+    images = _load_npy(image_file, root, mmap_mode="r")  # (N, 3, 64, 64), memory-mapped
+    labels = _load_npy(label_file, root)  # (N,)
+    _check_images(images, image_file, tuple(manifest["image_shape"]), root)
+    _check_labels(labels, label_file, manifest["num_classes"], root)
+    if not images.shape[0] == labels.shape[0] == manifest["splits"][split]:
+        raise _bad_file(image_file, f"({images.shape[0]} images), {label_file} ({labels.shape[0]} labels) and the "
+                        f"manifest ({manifest['splits'][split]}) disagree", root)
+    return images, labels.astype(np.int64, copy=False)
 
 
 def to_model_range(images: np.ndarray | torch.Tensor) -> torch.Tensor:
