@@ -1,10 +1,13 @@
 """`python -m cfgedu COMMAND ...`: each command lives in cfgedu/commands/<name>.py with HELP,
-add_arguments(parser) and run(args). Bad arguments give a one-line message and exit status 2."""
+add_arguments(parser) and run(args). Bad arguments and bad paths give a one-line message and exit status 2;
+warnings are one line each."""
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
+import warnings
+from collections.abc import Callable
 
 COMMANDS = {
     "figure2": "cfgedu.commands.figure2",
@@ -37,13 +40,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def error_line(error: Exception) -> str:
+    """An error as one line: "PATH: reason" for an operating-system error on a path, else its message."""
+    if isinstance(error, OSError) and error.strerror and error.filename:
+        return f"{error.filename}: {error.strerror}"
+    return " ".join(str(error).split())
+
+
+def one_line_warnings(command: str) -> Callable[..., None]:
+    """A warnings.showwarning that prints each distinct warning once, as `cfgedu COMMAND: warning: message`."""
+    shown = set()
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if str(message) not in shown:
+            shown.add(str(message))
+            print(f"cfgedu {command}: warning: {message}", file=sys.stderr)
+    return show
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        args.run(args)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"cfgedu {args.command}: error: {error}", file=sys.stderr)
-        return 2
+    with warnings.catch_warnings():
+        warnings.showwarning = one_line_warnings(args.command)
+        try:
+            args.run(args)
+        except (ValueError, OSError) as error:
+            print(f"cfgedu {args.command}: error: {error_line(error)}", file=sys.stderr)
+            return 2
     return 0
 
 

@@ -422,11 +422,11 @@ def evaluate_run(run: Path, ws: list[float], n: int = 50_000, *, inception: str 
 
 def write_evaluation(result: dict, out: Path, checkpoint: Path) -> str:
     """Write OUT/eval.json and OUT/eval.md (the Table-1-shaped table) on rank 0; return the table."""
-    from .io import atomic_write_json
+    from .io import atomic_write_json, atomic_write_text
 
     if _distributed()[0] == 0:
         out = Path(out)
         atomic_write_json({"checkpoint": str(checkpoint), **{k: v for k, v in result.items() if k != "table"}},
                           out / "eval.json")
-        (out / "eval.md").write_text(result["table"] + "\n")
+        atomic_write_text(result["table"] + "\n", out / "eval.md")
     return result["table"]

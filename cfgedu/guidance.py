@@ -6,6 +6,7 @@ the unconditional one. Diffusers, Imagen, EDM2 and DiT write the same rule with 
 """
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Union
 
 import torch
@@ -15,6 +16,25 @@ from .tensors import expand_like
 
 EpsModel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 GuidanceWeight = Union[float, Callable[[torch.Tensor], torch.Tensor]]
+# Beyond this |w| (the paper sweeps 0..4, the course goes to 16) the w·(ε(z, c) − ε(z, ∅)) term swamps ε and the
+# samples saturate: every one is pushed to the far edge of its class.
+SATURATED_W = 100.0
+
+
+class GuidanceWarning(UserWarning):
+    """A guidance strength w that runs but is unlikely to be what was meant."""
+
+
+def check_w(w: float) -> float:
+    """w as a finite float; a GuidanceWarning when w < −1 (negative scale s = 1 + w) or w > SATURATED_W."""
+    w = check_finite("w", w)
+    if w < -1:
+        warnings.warn(f"w = {w:g} < -1 gives a negative scale s = 1 + w = {1 + w:g}: guidance pushes the samples "
+                      f"away from their class", GuidanceWarning, stacklevel=2)
+    elif w > SATURATED_W:
+        warnings.warn(f"w = {w:g} is above {SATURATED_W:g} (the paper uses 0..4): the guidance term swamps the "
+                      f"model and the samples saturate", GuidanceWarning, stacklevel=2)
+    return w
 
 
 def scale_from_w(w: float) -> float:
@@ -40,7 +60,7 @@ class Guided:
 
     def __init__(self, eps_model: EpsModel, w: GuidanceWeight, null_label: int):
         self.eps_model = eps_model
-        self.w = w if callable(w) else check_finite("w", w)
+        self.w = w if callable(w) else check_w(w)
         self.null_label = int(null_label)
         self.num_classes = self.null_label
 
@@ -71,7 +91,7 @@ def guided(eps_model: EpsModel, w: GuidanceWeight, null_label: int | None = None
 
 def interval_weight(w: float, lam_low: float, lam_high: float) -> Callable[[torch.Tensor], torch.Tensor]:
     """Guidance applied only for λ in [lam_low, lam_high] and 0 elsewhere (Kynkäänniemi et al. 2024)."""
-    w = check_finite("w", w)
+    w = check_w(w)
     if not lam_low < lam_high:
         raise ValueError(f"the guidance interval needs lam_low < lam_high, got {lam_low} and {lam_high}")
     return lambda lam: torch.where((lam >= lam_low) & (lam <= lam_high), w, 0.0).to(lam.dtype)

@@ -5,11 +5,14 @@ clipped to the data range [−1, 1] at every step, as ADM does (`clip_denoised=T
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
 from .checks import check_finite, check_positive_int
 from .guidance import guided
+from .io import atomic_write
 from .samplers import sample
 from .schedule import LogSNRSchedule
 
@@ -49,9 +52,11 @@ def image_grid(images: torch.Tensor, rows: int) -> np.ndarray:
     return grid[..., 0] if ch == 1 else grid
 
 
-def save_grid(images: torch.Tensor, rows: int, path) -> None:
-    """Write image_grid(images, rows) as a PNG (grey for one channel)."""
+def save_grid(images: torch.Tensor, rows: int, path: Path) -> Path:
+    """Write image_grid(images, rows) atomically in the format of path's suffix (grey for one channel)."""
     import matplotlib.pyplot as plt
 
-    grid = image_grid(images, rows)
-    plt.imsave(path, grid, cmap="gray" if grid.ndim == 2 else None, vmin=0, vmax=1)
+    grid, path = image_grid(images, rows), Path(path)
+    cmap = "gray" if grid.ndim == 2 else None
+    return atomic_write(path, lambda handle: plt.imsave(handle, grid, cmap=cmap, vmin=0, vmax=1,
+                                                        format=path.suffix[1:].lower()))

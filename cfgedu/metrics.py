@@ -43,14 +43,15 @@ def _psd_sqrt(matrix: torch.Tensor) -> torch.Tensor:
 
 
 def frechet_gaussians(mean1: torch.Tensor, cov1: torch.Tensor, mean2: torch.Tensor, cov2: torch.Tensor) -> float:
-    """‖m₁ − m₂‖² + tr(C₁ + C₂ − 2(C₁^½ C₂ C₁^½)^½): the squared 2-Wasserstein distance of two Gaussians."""
+    """‖m₁ − m₂‖² + tr(C₁ + C₂ − 2(C₁^½ C₂ C₁^½)^½): the squared 2-Wasserstein distance of two Gaussians, clamped
+    at 0 (rounding in the square roots can leave −1e-15). Every FD and FID in cfgedu goes through here."""
     mean1, mean2, cov1, cov2 = (torch.as_tensor(t, dtype=torch.float64) for t in (mean1, mean2, cov1, cov2))
     if mean1.shape != mean2.shape or cov1.shape != cov2.shape or cov1.shape != mean1.shape * 2:
         raise ValueError(f"means must be (D,) and covariances (D, D) alike; got {tuple(mean1.shape)}, "
                          f"{tuple(mean2.shape)}, {tuple(cov1.shape)}, {tuple(cov2.shape)}")
     root1 = _psd_sqrt(cov1)
     cross = _psd_sqrt(root1 @ cov2 @ root1)
-    return ((mean1 - mean2).square().sum() + torch.trace(cov1 + cov2 - 2 * cross)).item()
+    return max(0.0, ((mean1 - mean2).square().sum() + torch.trace(cov1 + cov2 - 2 * cross)).item())
 
 
 def frechet_distance(samples: torch.Tensor, ref_mean: torch.Tensor, ref_cov: torch.Tensor) -> float:

@@ -10,6 +10,7 @@ correctors, guidance on a λ interval and a w schedule.
 from __future__ import annotations
 
 import csv
+import io
 import math
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -25,6 +26,7 @@ from .gmm import GaussianMixture
 from .grid import Grid2D, HistogramTV, sample_from_grid, tilted_densities
 from .guidance import EpsModel, guided, interval_weight
 from .ideal import IdealTiltedModel
+from .io import atomic_savefig, atomic_write_json, atomic_write_text
 from .metrics import (bayes_inception_score, fit_logistic_classifier, frechet_per_class, frechet_pooled, kl_to_grid,
                       knn_entropy, logistic_inception_score, mmd2_rbf, precision_recall, radial_distances)
 from .samplers import sample
@@ -279,14 +281,13 @@ def learned_models(out: Path, config: SweepConfig, progress: bool = True) -> dic
 # ---- outputs ------------------------------------------------------------------------------------------------
 
 def write_csv(sweep: Sweep, path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        writer.writeheader()
-        for row in sweep.rows:
-            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-    return path
+    """The sweep's rows as CSV (floats to 6 significant digits), written atomically."""
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=COLUMNS)
+    writer.writeheader()
+    for row in sweep.rows:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    return atomic_write_text(text.getvalue(), path)
 
 
 def _markdown(header: list[str], lines: list[list[str]]) -> str:
@@ -392,20 +393,18 @@ def write_outputs(sweep: Sweep, out: Path, mixture: GaussianMixture | None = Non
     """tradeoff.csv, tradeoff.md, tradeoff.png (FD vs IS), boundary_push.png and sweep_config.json in out."""
     import matplotlib.pyplot as plt
 
-    from .io import atomic_write_json
-
     out = Path(out)
     mixture = mixture or GaussianMixture.three_gaussians()
-    paths = {"csv": write_csv(sweep, out / "tradeoff.csv"), "md": out / "tradeoff.md",
+    paths = {"csv": write_csv(sweep, out / "tradeoff.csv"),
+             "md": atomic_write_text(tables_markdown(sweep), out / "tradeoff.md"),
              "plot": out / "tradeoff.png", "boundary": out / "boundary_push.png",
              "config": atomic_write_json(asdict(sweep.config), out / "sweep_config.json")}
-    paths["md"].write_text(tables_markdown(sweep))
     for key, draw_plot in (("plot", lambda ax: plot_tradeoff(sweep, ax)),
                            ("boundary", lambda ax: plot_boundary_push(sweep, mixture, ax=ax))):
         fig, ax = plt.subplots(figsize=(6.5, 4.5))
         draw_plot(ax)
         fig.tight_layout()
-        fig.savefig(paths[key], dpi=120)
+        atomic_savefig(fig, paths[key], dpi=120)
         plt.close(fig)
     return paths
 

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import math
 import pickle
 
 import numpy as np
@@ -170,13 +172,25 @@ def test_guidance_sweep_is_seeded_and_guidance_moves_the_samples():
     rows = fidelity.guidance_sweep(model, [0.0, 4.0], 8, extractor, (reference.mean, reference.cov), steps=3,
                                    batch_size=8, seed=7, splits=2, progress=False)
     assert [r["w"] for r in rows] == [0.0, 4.0] and rows[0]["n"] == 8
-    assert rows[0]["fid"] == pytest.approx(0.0, abs=1e-9)  # same seeds, same samples, same statistics
+    assert 0 <= rows[0]["fid"] < 1e-9  # same seeds, same samples, same statistics: a distance of 0, never below
     assert rows[1]["fid"] > 1e-6
     table = fidelity.table1_markdown(rows, p_uncond=0.1).splitlines()
-    assert table[2].startswith("| 0 | 1 | 0.00 |") and table[2].endswith("| 1.8 | 53.71 |")
-    assert table[3].endswith("| 26.22 | 260.2 |")
+    for row, line in zip(rows, table[2:], strict=True):
+        w, s, fid, is_, paper_fid, paper_is = (float(cell.split("±")[0]) for cell in line.strip("|").split("|"))
+        assert (w, s) == (row["w"], 1 + row["w"]) and (paper_fid, paper_is) == fidelity.PAPER_TABLE1[0.1][row["w"]]
+        assert fid == pytest.approx(row["fid"], abs=0.005) and math.copysign(1, fid) == 1  # not even "-0.00"
+        assert is_ == pytest.approx(row["is"], abs=0.005)
     with pytest.raises(ValueError, match="p_uncond"):
         fidelity.table1_markdown(rows, p_uncond=0.3)
+
+
+def test_write_evaluation_writes_the_json_and_the_table_whole(tmp_path):
+    result = {"rows": [{"w": 0.0, "n": 4, "fid": 1.5, "is": 2.0, "is_std": 0.1}], "p_uncond": 0.1, "table": "| t |"}
+    assert fidelity.write_evaluation(result, tmp_path / "eval", "run/checkpoint.pt") == "| t |"
+    assert (tmp_path / "eval" / "eval.md").read_text() == "| t |\n"
+    assert json.loads((tmp_path / "eval" / "eval.json").read_text()) == {
+        "checkpoint": "run/checkpoint.pt", "rows": result["rows"], "p_uncond": 0.1}
+    assert sorted(path.name for path in (tmp_path / "eval").iterdir()) == ["eval.json", "eval.md"]  # no .tmp left
 
 
 def _sharded_evaluation(rank, world_size, port, out):

@@ -1,9 +1,11 @@
 import math
+import warnings
 
 import pytest
 import torch
 
-from cfgedu.guidance import cfg_combine, guided, interval_weight, scale_from_w, w_from_scale
+from cfgedu.guidance import (SATURATED_W, GuidanceWarning, cfg_combine, check_w, guided, interval_weight,
+                             scale_from_w, w_from_scale)
 from cfgedu.parameterization import eps_to_score, eps_to_x, score_to_eps, x_to_eps
 
 
@@ -80,3 +82,19 @@ def test_bad_w(toy, w):
 def test_null_label_needed():
     with pytest.raises(ValueError, match="null_label"):
         guided(lambda z, lam, c: z, 1.0)
+
+
+@pytest.mark.parametrize("w, message", [(-5.0, r"w = -5 < -1 gives a negative scale s = 1 \+ w = -4"),
+                                        (1e9, r"w = 1e\+09 is above 100 .* saturate")])
+def test_w_outside_the_useful_range_warns(toy, w, message):
+    with pytest.warns(GuidanceWarning, match=message):
+        guided(toy, w)
+    with pytest.warns(GuidanceWarning, match=message):
+        interval_weight(w, -2.0, 2.0)
+
+
+@pytest.mark.parametrize("w", [-1.0, 0.0, 4.0, 16.0, SATURATED_W])
+def test_w_in_the_useful_range_is_silent(toy, w):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert check_w(w) == w and guided(toy, w).w == w

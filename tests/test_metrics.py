@@ -20,6 +20,17 @@ def test_frechet_identical_is_zero_and_diagonal_closed_form():
     assert fd == pytest.approx(25 + (2 - 1) ** 2 + (1 - 3) ** 2)
 
 
+def test_frechet_distance_of_identical_statistics_is_never_negative():
+    """Rounding in the square roots leaves tr(C + C − 2(C^½ C C^½)^½) at about −1e-15 for these: clamped to 0."""
+    mean, cov = torch.tensor([0.3, -1.0]), torch.tensor([[0.5, 0.2], [0.2, 0.4]])
+    assert 0 <= frechet_gaussians(mean, cov, mean, cov) < 1e-12
+    generator = torch.Generator().manual_seed(0)
+    for dim in (2, 8, 16):
+        for _ in range(20):
+            a = torch.randn(dim, dim, generator=generator, dtype=torch.float64)
+            assert frechet_gaussians(torch.zeros(dim), a @ a.T, torch.zeros(dim), a @ a.T) >= 0
+
+
 def test_frechet_general_matches_scipy_sqrtm():
     a, b = torch.tensor([[0.5, 0.2], [0.2, 0.4]]), torch.tensor([[1.0, -0.6], [-0.6, 0.9]])
     m1, m2 = torch.tensor([0.1, 0.2]), torch.tensor([-0.3, 0.5])

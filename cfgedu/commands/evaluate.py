@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ._paths import output_folder
+
 HELP = ("Sample every class at each guidance strength w (s = 1 + w) and measure classifier accuracy, FID and IS "
         "with a protocol's feature extractor (digits: a small CNN; FID against the validation split), beside the "
         "real-data FID floor; writes eval.json, eval.md and a sample grid per w.")
@@ -33,15 +35,31 @@ def add_arguments(parser):
                         help="imagenet: ADM-style mu/sigma .npz (default: statistics of the run's prepared data)")
 
 
+def check_digits_fit(model) -> None:
+    """The digits protocol scores 1-channel 8/16/32-pixel digits of 10 classes; any other network is refused."""
+    from ..data.digits import NUM_CLASSES, SIZES
+
+    shape = tuple(getattr(model.config, "data_shape", ()))
+    if model.num_classes == NUM_CLASSES and shape in {(1, size, size) for size in SIZES}:
+        return
+    takes = f"{'x'.join(map(str, shape))} images" if len(shape) == 3 else "points, not images,"
+    raise ValueError(f"this checkpoint's network takes {takes} with {model.num_classes} classes; the digits protocol "
+                     f"needs 1-channel {'/'.join(map(str, SIZES))}-pixel digits with {NUM_CLASSES} classes: "
+                     f"use --protocol imagenet --inception PATH for an ImageNet 64x64 checkpoint")
+
+
 def run(args) -> None:
     import importlib
 
+    from ..guidance import check_w
     from ..image_eval import evaluate_guidance, markdown_table
     from ..image_sampling import save_grid
-    from ..io import atomic_write_json
+    from ..io import atomic_write_json, atomic_write_text
     from ..tensors import default_device
     from ..training import load_checkpoint_model
 
+    output_folder(args.out)
+    args.w = [check_w(w) for w in args.w]
     if args.inception is not None or args.protocol == "imagenet":
         from ..fidelity import evaluate_run, write_evaluation
 
@@ -51,15 +69,16 @@ def run(args) -> None:
         return
     args.steps = args.steps or 128
     model = load_checkpoint_model(args.checkpoint).to(default_device())
+    if args.protocol == "digits":
+        check_digits_fit(model)
     module_name, function_name = PROTOCOLS[args.protocol].split(":")
     protocol = getattr(importlib.import_module(module_name), function_name)(model.config.image_size)
     result, samples = evaluate_guidance(model, args.w, protocol, per_class=args.per_class, steps=args.steps,
                                         seed=args.seed, method=args.method, batch_size=args.batch_size,
                                         floor_repeats=args.floor_repeats)
-    args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_json({"checkpoint": str(args.checkpoint), **result}, args.out / "eval.json")
     table = markdown_table(result["rows"], result["fid_floor"])
-    (args.out / "eval.md").write_text(table)
+    atomic_write_text(table, args.out / "eval.md")
     columns = min(args.grid_columns, args.per_class)
     for w, images in samples.items():
         shown = images.reshape(protocol.num_classes, args.per_class, *images.shape[1:])[:, :columns]

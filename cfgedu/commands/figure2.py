@@ -1,8 +1,9 @@
 """`python -m cfgedu figure2`: the paper's Figure 2 from exact scores, with CFG samples beside it."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from ._paths import output_folder
 
 HELP = ("Reproduce Figure 2 (three Gaussians, guided conditionals at increasing w) from exact scores, and "
         "sample each panel with Algorithm 2 to measure the total-variation distance to the tilted target.")
@@ -26,14 +27,17 @@ def run(args) -> None:
     matplotlib.use("Agg")
     from ..figure2 import compute_figure2, plot_figure2
     from ..gmm import GaussianMixture
+    from ..guidance import check_w
+    from ..io import atomic_savefig, atomic_write_json
     from ..nets import load_model
 
+    output_folder(args.out)
+    args.w = [check_w(w) for w in args.w]
     learned = {"learned": load_model(args.checkpoint, expected_kinds=("mlp", "energy"))} if args.checkpoint else {}
     result = compute_figure2(GaussianMixture.three_gaussians(), args.w, samples_per_class=args.samples_per_class,
                              steps=args.steps, v=args.v, seed=args.seed, learned=learned)
-    args.out.mkdir(parents=True, exist_ok=True)
-    plot_figure2(result).savefig(args.out / "figure2.png", dpi=120)
-    (args.out / "figure2.json").write_text(json.dumps(result.to_dict(), indent=2))
+    atomic_savefig(plot_figure2(result), args.out / "figure2.png", dpi=120)
+    atomic_write_json(result.to_dict(), args.out / "figure2.json")
     for panel in result.to_dict()["panels"]:
         tvs = ", ".join(f"{c['tv_sampler_to_target']:.3f} (floor {c['tv_noise_floor']:.3f})" for c in panel["classes"])
         print(f"w = {panel['w']:g}: TV of exact-score CFG samples to the target per class: {tvs}")

@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ._paths import output_folder
+
 HELP = ("Convert ImageNet 64x64 once into memory-mapped arrays (DIR/train_images.npy uint8 N×3×64×64, "
         "DIR/train_labels.npy int64 0..999, the same for val, DIR/manifest.json). Sources: the official "
         "downsampled batches (pickles, read with a restricted unpickler) or a raw folder of one sub-folder of "
@@ -31,6 +33,7 @@ def add_arguments(parser):
 def run(args) -> None:
     from ..data.imagenet64 import convert_folder, convert_pickles
 
+    output_folder(args.out)
     if args.format == "pickles":
         if args.val_src is not None:
             raise ValueError("--val-src applies to --format folder only (val_data is read from --src)")

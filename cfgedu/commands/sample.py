@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ._paths import IMAGE_SUFFIXES, output_image
+
 HELP = ("Sample a trained image model with classifier-free guidance (paper's w; diffusers' scale s = 1 + w) using "
         "Algorithm 2 or DDIM, one doubled (cond + null) batch per step, and save a grid with one row per class.")
 
@@ -11,7 +13,8 @@ def add_arguments(parser):
     parser.add_argument("--checkpoint", type=Path, required=True, help="training folder (or its checkpoint.pt)")
     parser.add_argument("--w", type=float, default=0.0, help="guidance strength w (w = 0: conditional model)")
     parser.add_argument("--n", type=int, default=10, help="samples per class (columns of the grid)")
-    parser.add_argument("--out", type=Path, required=True, help="PNG file for the grid")
+    parser.add_argument("--out", type=Path, required=True,
+                        help=f"image file for the grid ({', '.join(IMAGE_SUFFIXES)})")
     parser.add_argument("--steps", type=int, default=128, help="sampling steps T")
     parser.add_argument("--method", choices=("ancestral", "ddim"), default="ancestral", help="sampler")
     parser.add_argument("--v", type=float, default=0.3, help="variance exponent v of Algorithm 2 (SPEC 2)")
@@ -22,16 +25,18 @@ def add_arguments(parser):
 
 
 def run(args) -> None:
+    from ..guidance import check_w
     from ..image_sampling import class_labels, sample_images, save_grid
     from ..tensors import default_device
     from ..training import load_checkpoint_model
 
+    output_image(args.out)
+    check_w(args.w)
     model = load_checkpoint_model(args.checkpoint, use_ema=not args.raw).to(default_device())
     classes = model.num_classes if args.classes is None else args.classes
     if not 1 <= classes <= model.num_classes:
         raise ValueError(f"--classes must be in 1..{model.num_classes}, got {classes}")
     images = sample_images(model, class_labels(classes, args.n), args.w, steps=args.steps, seed=args.seed,
                            method=args.method, v=args.v, batch_size=args.batch_size, progress=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     save_grid(images, classes, args.out)
     print(f"wrote {args.out}: {classes} classes x {args.n} samples at w = {args.w:g} (s = {1 + args.w:g})")

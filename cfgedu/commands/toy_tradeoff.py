@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ._paths import output_folder
+
 HELP = ("Sweep the guidance strength w (paper's w; scale s = 1 + w), p_uncond of learned toy MLPs and the number "
         "of sampling steps T; write tradeoff.csv, Markdown tables shaped like the paper's Tables 1-2, the "
         "FD-vs-IS plot and boundary-push histograms. Learned models are trained once and cached in OUT/models.")
@@ -25,6 +27,7 @@ def run(args) -> None:
     matplotlib.use("Agg")
     from ..tradeoff import SweepConfig, learned_models, run_sweep, with_overrides, write_outputs
 
+    output_folder(args.out)
     torch.set_num_threads(args.threads)
     base = SweepConfig.fast() if args.fast else SweepConfig()
     config = with_overrides(base, train_steps=args.train_steps, seed=args.seed)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ._paths import output_folder
+
 HELP = ("Train the three-Gaussian toy's ε-MLP (or its energy-parameterised, conservative twin) with Algorithm 1 "
         "through the shared training loop, then write DIR/model.pt (EMA weights), DIR/config.json and "
         "DIR/metrics.json with the relative ε errors against the exact ε* (conditional and unconditional).")
@@ -27,6 +29,7 @@ def run(args) -> None:
 
     from ..toy import write_toy_run
 
+    output_folder(args.out)
     if args.threads:
         torch.set_num_threads(args.threads)
     metrics = write_toy_run(args.out, model=args.model, p_uncond=args.p_uncond, steps=args.steps, seed=args.seed,
