@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import fcntl
 import hashlib
 import json
 import math
 import os
 import time
 import warnings
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -31,18 +33,22 @@ import torch.distributed as dist
 from torch import nn
 
 from .checks import check_choice, check_in_range, check_positive_int
-from .io import atomic_torch_save, atomic_write_json, safe_torch_load
-from .nets import build_model, model_record
+from .io import atomic_torch_save, atomic_write_json, atomic_write_text, first_sentence, safe_torch_load
+from .nets import (MODEL_ENTRIES, build_model, check_entries, check_state_dict, model_record, rebuild_model,
+                   saved_config)
 from .schedule import LogSNRSchedule, q_sample
 from .tensors import make_generator
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
+CONFIG_JSON = "config.json"
+LOCK = ".train.lock"  # flock'ed by the process that writes a run folder, for as long as it trains
+PROCESS_GROUP_TIMEOUT_S = 600.0  # a collective waits this long for a frozen or lost peer (torch's default: 30 min)
 PRECISIONS = ("fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 # TrainConfig fields a resumed run may change: they decide how the steps are computed, not which steps.
 RESUMABLE_CHANGES = ("steps", "checkpoint_every", "log_every", "grad_accum", "per_device_batch", "precision",
-                     "compile", "channels_last", "device")
+                     "compile", "channels_last", "device", "process_group_timeout_s")
 _NOISE_STREAM, _DROPOUT_STREAM, _INIT_STREAM = 1, 2, 3
 
 
@@ -79,14 +85,16 @@ class TrainConfig:
     device: str = "auto"  # "auto" (CUDA if available), "cpu" or "cuda"
     checkpoint_every: int = 0  # 0: only at the end
     log_every: int = 10  # steps per metrics.jsonl record
+    process_group_timeout_s: float = PROCESS_GROUP_TIMEOUT_S  # DDP: how long a collective waits for a peer
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "grad_accum", "log_every"):
             check_positive_int(name, getattr(self, name))
         for name in ("warmup_steps", "checkpoint_every", "per_device_batch", "seed"):
             _check_count(name, getattr(self, name))
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
+        for name in ("lr", "process_group_timeout_s"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {getattr(self, name)}")
         check_in_range("weight_decay", self.weight_decay, 0.0, math.inf)
         if len(self.betas) != 2 or not all(0 <= beta < 1 for beta in self.betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
@@ -138,8 +146,9 @@ class TrainResult:
     model: nn.Module
     ema: nn.Module
     history: list[dict]
-    seconds: float
+    seconds: float  # spent by this call (metrics.jsonl's `seconds` also counts the runs it resumed)
     step: int
+    resumed_from: int = 0  # the checkpoint's step (0: a fresh run); equal to `step` when there was nothing to do
 
 
 def derive_seed(*keys: int) -> int:
@@ -255,18 +264,18 @@ def _start_processes(config: TrainConfig) -> _Processes:
     if world_size == 1 and not dist.is_initialized():
         return _Processes(0, 1, _resolve_device(config, 0), False)
     device = _resolve_device(config, int(os.environ.get("LOCAL_RANK", "0")))
-    owns_group = join_process_group(device)
+    owns_group = join_process_group(device, config.process_group_timeout_s)
     return _Processes(dist.get_rank(), dist.get_world_size(), device, owns_group)
 
 
-def join_process_group(device: torch.device) -> bool:
+def join_process_group(device: torch.device, timeout_s: float = PROCESS_GROUP_TIMEOUT_S) -> bool:
     """Bind this process to `device` and join torchrun's group (NCCL on CUDA, else gloo), unless a group exists;
-    returns whether this call created it (and so should destroy it)."""
+    returns whether this call created it (and so should destroy it). Collectives fail after `timeout_s` seconds."""
     if dist.is_initialized():
         return False
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(seconds=timeout_s))
     return True
 
 
@@ -280,20 +289,35 @@ def _mean_over_processes(value: torch.Tensor, processes: _Processes) -> torch.Te
 # ---------------------------------------------------------------------------------------------- files
 
 
+_WHAT = "cfgedu training checkpoint"
+# entry -> (what it must be, test); log_window and seconds are absent from older checkpoints
+_ENTRY_TYPES = {
+    "step": ("an integer >= 0", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0),
+    "train_config": ("a dict", lambda v: isinstance(v, dict)),
+    "optimizer": ("a dict", lambda v: isinstance(v, dict)),
+    "log_window": ("a [loss, steps] pair", lambda v: isinstance(v, (list, tuple)) and len(v) == 2),
+    "seconds": ("a finite number >= 0", lambda v: isinstance(v, (int, float)) and 0 <= v < math.inf),
+}
+
+
 def _check_checkpoint(checkpoint, path: Path) -> dict:
-    keys = {"model", "ema", "optimizer", "step", "train_config"}
-    if not isinstance(checkpoint, dict) or not keys <= checkpoint.keys() or not isinstance(checkpoint["model"], dict):
-        raise ValueError(f"{path} is not a cfgedu training checkpoint (expected keys {', '.join(sorted(keys))})")
+    """A training checkpoint's entries are all there and of their types (the weights are checked against a network)."""
+    check_entries(checkpoint, ("model", "ema", "optimizer", "step", "train_config"), path, _WHAT)
+    check_entries(checkpoint["model"], MODEL_ENTRIES, path, _WHAT, where="model.")
+    for key, (what, fits) in _ENTRY_TYPES.items():
+        if key in checkpoint and not fits(checkpoint[key]):
+            raise ValueError(f"{path}: the checkpoint's {key!r} entry must be {what}, got {checkpoint[key]!r:.80}")
     return checkpoint
 
 
 def _check_resumable(checkpoint: dict, model: nn.Module, kind: str, config: TrainConfig, path: Path) -> None:
-    """The checkpoint must hold the same network and the same optimisation problem as this run."""
+    """The checkpoint must hold the same network, weights that fit it, and the same optimisation problem as this run."""
     saved = checkpoint["model"]
-    ours = {"kind": kind, "config": asdict(model.config)}
-    if saved.get("kind") != ours["kind"] or saved.get("config") != ours["config"]:
-        raise ValueError(f"{path} holds a {saved.get('kind')!r} network with config {saved.get('config')}, but this "
-                         f"run trains a {kind!r} network with config {ours['config']}: use another output folder")
+    if saved["kind"] != kind or saved_config(type(model.config), saved["config"], path) != model.config:
+        raise ValueError(f"{path} holds a {saved['kind']!r} network with config {saved['config']}, but this "
+                         f"run trains a {kind!r} network with config {asdict(model.config)}: use another output folder")
+    check_state_dict(saved["state_dict"], model, path, "state_dict")
+    check_state_dict(checkpoint["ema"], model, path, "ema")
     now = asdict(config)
     changed = sorted(name for name, value in checkpoint["train_config"].items()
                      if name not in RESUMABLE_CHANGES and now.get(name) != value)
@@ -304,17 +328,33 @@ def _check_resumable(checkpoint: dict, model: nn.Module, kind: str, config: Trai
 
 
 def _trim_metrics(path: Path, last_step: int) -> None:
-    """Keep the metric lines up to the resumed step (a killed run may have logged past its checkpoint)."""
+    """Keep the metric lines up to the resumed step (a killed run may have logged past its checkpoint); the file is
+    replaced atomically, so a kill meanwhile leaves the old history whole."""
     if not path.exists():
         return
-    kept = []
-    for line in path.read_text().splitlines():
+    lines, kept = path.read_text().splitlines(), []
+    for line in lines:
         try:
             if json.loads(line)["step"] <= last_step:
                 kept.append(line)
         except (ValueError, KeyError, TypeError):  # a line cut short by the kill
             continue
-    path.write_text("".join(f"{line}\n" for line in kept))
+    if kept != lines:
+        atomic_write_text("".join(f"{line}\n" for line in kept), path)
+
+
+@contextmanager
+def _folder_lock(out_dir: Path):
+    """Hold an exclusive flock on out_dir/.train.lock while this process writes the folder; the OS drops it when
+    the process ends, crash or kill included, so a stale lock file never blocks a later run."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / LOCK, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(f"{out_dir} is in use: another cfgedu train holds {out_dir / LOCK}; wait for it to end "
+                             f"or choose another output folder") from None
+        yield
 
 
 def load_checkpoint_model(path: Path, use_ema: bool = True, map_location="cpu") -> nn.Module:
@@ -322,14 +362,7 @@ def load_checkpoint_model(path: Path, use_ema: bool = True, map_location="cpu") 
     path = Path(path)
     path = path / CHECKPOINT if path.is_dir() else path
     checkpoint = _check_checkpoint(safe_torch_load(path, map_location), path)
-    record = checkpoint["model"]
-    model = build_model(record["kind"], record["config"])
-    try:
-        model.load_state_dict(checkpoint["ema"] if use_ema else record["state_dict"])
-    except RuntimeError as error:
-        raise ValueError(f"{path}: the weights do not fit a {record['kind']!r} network "
-                         f"({str(error).splitlines()[0][:200]})") from None
-    return model.eval()
+    return rebuild_model({**checkpoint["model"], "ema": checkpoint["ema"]}, path, "ema" if use_ema else "state_dict")
 
 
 # ---------------------------------------------------------------------------------------------- the loop
@@ -373,17 +406,26 @@ class _LogWindow:
     steps: int = 0
     timed_steps: int = 0  # those taken by this process since `since`
     since: float = dataclasses.field(default_factory=time.perf_counter)
+    began: float = dataclasses.field(default_factory=time.perf_counter)  # when this call started training
+    carried: float = 0.0  # seconds trained by the runs this one resumed (from the checkpoint)
+
+    def start(self) -> None:
+        self.since = self.began = time.perf_counter()
+
+    def elapsed(self) -> float:
+        """Training seconds of the whole run: carried + (now − began)."""
+        return self.carried + time.perf_counter() - self.began
 
     def add(self, loss: float) -> None:
         self.loss, self.steps, self.timed_steps = self.loss + loss, self.steps + 1, self.timed_steps + 1
 
-    def record(self, done: int, loss: float, grad_norm: float, config: TrainConfig, began: float) -> dict:
+    def record(self, done: int, loss: float, grad_norm: float, config: TrainConfig) -> dict:
         """The mean loss of the window, the last step's loss, lr and gradient norm, and the throughput; resets."""
         now = time.perf_counter()
         record = {"step": done, "loss": self.loss / self.steps, "last_loss": loss,
                   "lr": learning_rate(config, done - 1), "grad_norm": grad_norm,
                   "images_per_s": self.timed_steps * config.batch_size / max(now - self.since, 1e-9),
-                  "seconds": now - began}
+                  "seconds": self.elapsed()}
         self.loss, self.steps, self.timed_steps, self.since = 0.0, 0, 0, now
         return record
 
@@ -418,17 +460,32 @@ class _Trainer:
             raise FloatingPointError(f"non-finite weights after step {step}; kept the last good checkpoint {path}")
         atomic_torch_save({"model": model_record(self.model, kind), "ema": self.ema.state_dict(),
                            "optimizer": self.optimizer.state_dict(), "step": step,
-                           "train_config": asdict(self.config), "log_window": [window.loss, window.steps]}, path)
+                           "train_config": asdict(self.config), "log_window": [window.loss, window.steps],
+                           "seconds": window.elapsed()}, path)
 
     def restore(self, path: Path, kind: str, window: _LogWindow) -> int:
-        """Load a checkpoint written by save(); returns its step."""
+        """Load a checkpoint written by save(), every entry checked before it is used; returns its step."""
         checkpoint = _check_checkpoint(safe_torch_load(path, self.processes.device), path)
         _check_resumable(checkpoint, self.model, kind, self.config, path)
         self.model.load_state_dict(checkpoint["model"]["state_dict"])
         self.ema.load_state_dict(checkpoint["ema"])
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self._load_optimizer(checkpoint["optimizer"], path)
         window.loss, window.steps = checkpoint.get("log_window", (0.0, 0))
-        return int(checkpoint["step"])
+        window.carried = float(checkpoint.get("seconds", 0.0))
+        return checkpoint["step"]
+
+    def _load_optimizer(self, state: dict, path: Path) -> None:
+        """AdamW's state, refused (ValueError naming the file) unless every moment has its parameter's shape."""
+        try:
+            self.optimizer.load_state_dict(state)
+        except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as error:
+            raise ValueError(f"{path}: the 'optimizer' entry does not fit this network's AdamW "
+                             f"({type(error).__name__}: {first_sentence(error)})") from None
+        for param, moments in self.optimizer.state.items():
+            if any(name != "step" and getattr(value, "shape", param.shape) != param.shape
+                   for name, value in moments.items()):
+                raise ValueError(f"{path}: the 'optimizer' entry holds moments of another shape than the parameter "
+                                 f"{tuple(param.shape)} they belong to")
 
     def step(self, step: int) -> tuple[float, float]:
         """One optimisation step on the global batch number `step`; returns (loss, gradient norm)."""
@@ -463,18 +520,23 @@ class _Trainer:
 
 
 def train(model: nn.Module, data: DataSource, config: TrainConfig, out_dir: Path | None = None, *, kind: str,
-          resume: bool = False, progress: bool = True, on_log: Callable[[dict], None] | None = None) -> TrainResult:
+          resume: bool = False, progress: bool = True, on_log: Callable[[dict], None] | None = None,
+          config_record: dict | None = None) -> TrainResult:
     """Train `model` (a cfgedu network of `kind`) on `data` with Algorithm 1 for config.steps steps.
 
-    With out_dir, writes out_dir/checkpoint.pt (atomically, every checkpoint_every steps and at the end)
-    and out_dir/metrics.jsonl. resume=True continues from out_dir/checkpoint.pt when it exists; without
-    resume an existing checkpoint is an error. Under torchrun only rank 0 writes files and shows the bar.
+    With out_dir, writes out_dir/checkpoint.pt (atomically, every checkpoint_every steps and at the end),
+    out_dir/metrics.jsonl and, if given, config_record as out_dir/config.json, all under an exclusive lock on
+    the folder and only once a checkpoint to resume has been verified. resume=True continues from
+    out_dir/checkpoint.pt when it exists; without resume an existing checkpoint is an error. Under torchrun
+    only rank 0 takes the lock, writes files and shows the bar.
     """
     _check_inputs(model, data, config, kind)
+    out_dir = Path(out_dir) if out_dir is not None else None
     processes = _start_processes(config)
     try:
-        result = _run(_Trainer(model, data, config, processes), Path(out_dir) if out_dir is not None else None,
-                      kind, resume, progress, on_log)
+        with _folder_lock(out_dir) if out_dir is not None and processes.is_main else nullcontext():
+            result = _run(_Trainer(model, data, config, processes), out_dir, kind, resume, progress, on_log,
+                          config_record)
         if processes.owns_group:
             dist.barrier()  # no rank tears gloo down while another still writes its files
         return result
@@ -483,24 +545,43 @@ def train(model: nn.Module, data: DataSource, config: TrainConfig, out_dir: Path
             dist.destroy_process_group()
 
 
-def _run(trainer: _Trainer, out_dir: Path | None, kind: str, resume: bool, progress: bool, on_log) -> TrainResult:
+def _resume(trainer: _Trainer, checkpoint: Path, kind: str, resume: bool, window: _LogWindow) -> int:
+    """The verified step of an existing checkpoint (0 when there is none); refuses one beyond config.steps."""
+    if not checkpoint.exists():
+        return 0
+    if not resume:
+        raise ValueError(f"{checkpoint} exists: resume it (resume=True, or run the same command again) "
+                         f"or choose another output folder")
+    start = trainer.restore(checkpoint, kind, window)
+    if start > trainer.config.steps:
+        raise ValueError(f"{checkpoint.parent} holds step {start}, beyond steps {trainer.config.steps}; nothing was "
+                         f"trained (ask for more steps to continue it, or use another output folder)")
+    return start
+
+
+def _prepare_folder(out_dir: Path, start: int, config_record: dict | None) -> None:
+    """Once the checkpoint is verified: record the experiment, drop metrics past it and any cut-short writes."""
+    if config_record is not None:
+        atomic_write_json(config_record, out_dir / CONFIG_JSON)
+    _trim_metrics(out_dir / METRICS, start)
+    for partial in out_dir.glob(f".{CHECKPOINT}.*.tmp"):  # a checkpoint write cut short by a kill
+        partial.unlink()
+
+
+def _run(trainer: _Trainer, out_dir: Path | None, kind: str, resume: bool, progress: bool, on_log,
+         config_record: dict | None) -> TrainResult:
     from tqdm.auto import tqdm
 
     config, main = trainer.config, trainer.processes.is_main
     checkpoint = out_dir / CHECKPOINT if out_dir is not None else None
-    start, window = 0, _LogWindow()
-    if checkpoint is not None and checkpoint.exists():
-        if not resume:
-            raise ValueError(f"{checkpoint} exists: resume it (resume=True, or run the same command again) "
-                             f"or choose another output folder")
-        start = trainer.restore(checkpoint, kind, window)
+    window = _LogWindow()
+    start = _resume(trainer, checkpoint, kind, resume, window) if checkpoint is not None else 0
+    if start == config.steps:  # nothing to do, and nothing is written
+        return TrainResult(trainer.model, trainer.ema, [], 0.0, start, resumed_from=start)
     if out_dir is not None and main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        _trim_metrics(out_dir / METRICS, start)
-        for partial in out_dir.glob(f".{CHECKPOINT}.*.tmp"):  # a checkpoint write cut short by a kill
-            partial.unlink()
-    history, began = [], time.perf_counter()
-    window.since = began
+        _prepare_folder(out_dir, start, config_record)
+    history = []
+    window.start()
     with torch.random.fork_rng(devices=[trainer.processes.device] if trainer.processes.device.type == "cuda" else []), \
             tqdm(total=config.steps, initial=start, desc="train", unit="step", disable=not (progress and main)) as bar:
         for step in range(start, config.steps):
@@ -509,7 +590,7 @@ def _run(trainer: _Trainer, out_dir: Path | None, kind: str, resume: bool, progr
             window.add(loss)
             bar.update()
             if done % config.log_every == 0 or done == config.steps:
-                record = window.record(done, loss, grad_norm, config, began)
+                record = window.record(done, loss, grad_norm, config)
                 history.append(record)
                 bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
                 if main:
@@ -517,7 +598,8 @@ def _run(trainer: _Trainer, out_dir: Path | None, kind: str, resume: bool, progr
             if checkpoint is not None and main and (done == config.steps or
                                                     (config.checkpoint_every and done % config.checkpoint_every == 0)):
                 trainer.save(checkpoint, kind, done, window)
-    return TrainResult(trainer.model, trainer.ema, history, time.perf_counter() - began, max(start, config.steps))
+    return TrainResult(trainer.model, trainer.ema, history, time.perf_counter() - window.began, config.steps,
+                       resumed_from=start)
 
 
 def _append_metrics(out_dir: Path | None, record: dict, on_log) -> None:
@@ -529,8 +611,6 @@ def _append_metrics(out_dir: Path | None, record: dict, on_log) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- experiments
-
-CONFIG_JSON = "config.json"
 
 
 def _flatten(record: dict, prefix: str = "") -> dict:
@@ -556,7 +636,8 @@ def train_experiment(experiment, out_dir: Path, *, preset_name: str = "", requir
                      progress: bool = True) -> TrainResult:
     """Build a cfgedu.config.Experiment's network and data and train it in out_dir, resuming its checkpoint.
 
-    out_dir/config.json records the experiment; an existing one must describe the same experiment.
+    out_dir/config.json records the experiment (written once a checkpoint to resume is verified); an existing
+    one must describe the same experiment.
     """
     out_dir = Path(out_dir)
     checkpoint, saved = out_dir / CHECKPOINT, out_dir / CONFIG_JSON
@@ -569,11 +650,5 @@ def train_experiment(experiment, out_dir: Path, *, preset_name: str = "", requir
         torch.manual_seed(derive_seed(experiment.train.seed, _INIT_STREAM))
         model = build_model(experiment.kind, asdict(experiment.model))
     data = experiment.data.build(experiment.train.seed)
-    main = os.environ.get("RANK", "0") == "0"
-    verified = saved.exists() or not checkpoint.exists()  # else train() checks the checkpoint before we write
-    if main and verified:
-        atomic_write_json(record, saved)
-    result = train(model, data, experiment.train, out_dir, kind=experiment.kind, resume=True, progress=progress)
-    if main and not verified:
-        atomic_write_json(record, saved)
-    return result
+    return train(model, data, experiment.train, out_dir, kind=experiment.kind, resume=True, progress=progress,
+                 config_record=record)

@@ -104,11 +104,61 @@ def test_foreign_and_corrupted_checkpoints_are_refused(tmp_path, capsys):
         capsys, *TINY, "--out", str(out), "--steps", "4")
     (out / "config.json").unlink()  # the checkpoint alone still tells
     assert "holds a 'mlp' network with config" in error_of(capsys, *TINY, "--out", str(out), "--steps", "4")
-    (out / CHECKPOINT).write_bytes(b"not a checkpoint")
+    (out / CHECKPOINT).write_bytes((out / CHECKPOINT).read_bytes()[:300])  # a copy cut short
     assert "is not a readable cfgedu checkpoint" in error_of(capsys, *TINY, "--out", str(out), "--steps", "4",
                                                              "--width", "8")
     torch.save({"kind": "mlp"}, out / CHECKPOINT)
     assert "is not a cfgedu training checkpoint" in error_of(capsys, *TINY, "--out", str(out), "--width", "8")
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in folder.iterdir()}
+
+
+def test_a_failed_resume_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--out", str(out), "--steps", "2"]) == 0
+    (out / CHECKPOINT).write_bytes((out / CHECKPOINT).read_bytes()[:300])
+    before = files_of(out)
+    assert "is not a readable cfgedu checkpoint" in error_of(capsys, *TINY, "--out", str(out), "--steps", "4")
+    assert files_of(out) == before  # config.json still says steps 2
+
+
+def test_steps_below_the_checkpoint_are_refused_and_equal_steps_do_nothing(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--out", str(out), "--steps", "6", "--log_every", "2"]) == 0
+    before = files_of(out)
+    assert f"{out} holds step 6, beyond steps 4; nothing was trained" in error_of(capsys, *TINY, "--out", str(out),
+                                                                                 "--steps", "4")
+    capsys.readouterr()
+    assert main(["train", *TINY, "--out", str(out), "--steps", "6", "--log_every", "3"]) == 0
+    said = capsys.readouterr().out
+    assert f"nothing to do: {out} already holds step 6" in said and "nothing was written" in said
+    assert "trained to" not in said and files_of(out) == before  # not even config.json's log_every
+
+
+def test_a_second_train_on_a_busy_folder_is_refused(tmp_path, capsys):
+    """Two real processes on one folder: the second is refused at once, the first's metrics stay in order."""
+    out = tmp_path / "run"
+    first = subprocess.Popen(cli("--out", str(out), "--steps", "300", "--log_every", "5"), env=ENV, cwd=tmp_path)
+    while not (out / METRICS).exists() and first.poll() is None:
+        time.sleep(0.005)
+    assert f"{out} is in use: another cfgedu train holds" in error_of(capsys, *TINY, "--out", str(out),
+                                                                      "--steps", "300", "--log_every", "5")
+    assert first.wait(timeout=180) == 0
+    assert lines(out / METRICS, "step") == [(step,) for step in range(5, 305, 5)]
+
+
+def test_out_that_is_a_file_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    def no_building(*args, **kwargs):
+        raise AssertionError("built a network before checking --out")
+
+    monkeypatch.setattr("cfgedu.training.build_model", no_building)
+    taken = tmp_path / "notes.txt"
+    taken.write_text("keep me")
+    assert "is a file" in error_of(capsys, *TINY, "--out", str(taken))
+    assert f"{taken} is a file, not a folder" in error_of(capsys, *TINY, "--out", str(taken / "run"))
+    assert taken.read_text() == "keep me"
 
 
 def test_rerunning_a_finished_run_resumes_and_extends_it(tmp_path, capsys):

@@ -1,19 +1,23 @@
 """The training engine: Algorithm 1's loss, accumulation, warm-up, clipping, EMA, checkpoints, resume, NaN stop."""
 import dataclasses
+import fcntl
 import json
 import math
+import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import pytest
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from cfgedu.config import MixtureSamples
 from cfgedu.io import safe_torch_load
 from cfgedu.losses import diffusion_loss
 from cfgedu.nets.mlp import EpsMLP, MLPConfig
-from cfgedu.training import (CHECKPOINT, METRICS, TensorData, TrainConfig, algorithm1_loss, draw_noise,
-                             learning_rate, load_checkpoint_model, slot_offset, train)
+from cfgedu.training import (CHECKPOINT, LOCK, METRICS, TensorData, TrainConfig, algorithm1_loss, draw_noise,
+                             join_process_group, learning_rate, load_checkpoint_model, slot_offset, train)
 
 KIND = "mlp"
 
@@ -92,7 +96,9 @@ def test_micro_batch_sizes_and_their_errors():
     ({"steps": 0}, "steps"), ({"lr": math.nan}, "lr"), ({"grad_clip": -1.0}, "grad_clip"),
     ({"ema_decay": 1.5}, "ema_decay"), ({"p_uncond": -0.1}, "p_uncond"), ({"precision": "fp16"}, "precision"),
     ({"lambda_min": 5.0, "lambda_max": 1.0}, "lambda_min"), ({"betas": (0.9, 1.0)}, "betas"),
-    ({"device": "tpu"}, "device"), ({"checkpoint_every": -1}, "checkpoint_every")])
+    ({"device": "tpu"}, "device"), ({"checkpoint_every": -1}, "checkpoint_every"),
+    ({"process_group_timeout_s": 0.0}, "process_group_timeout_s"),
+    ({"process_group_timeout_s": math.inf}, "process_group_timeout_s")])
 def test_bad_configs_are_refused(changes, message):
     with pytest.raises(ValueError, match=message):
         config(**changes)
@@ -144,7 +150,89 @@ def test_resume_continues_exactly(data, tmp_path):
     assert resumed.step == 6 and [r["step"] for r in resumed.history] == [4, 5, 6]
     assert torch.equal(weights(resumed.model), weights(straight.model))
     assert torch.equal(weights(resumed.ema), weights(straight.ema))
-    assert sorted(p.name for p in (tmp_path / "split").iterdir()) == [CHECKPOINT, METRICS]
+    assert sorted(p.name for p in (tmp_path / "split").iterdir()) == sorted([LOCK, CHECKPOINT, METRICS])
+
+
+def test_resume_refuses_steps_below_the_checkpoint_and_does_nothing_at_it(data, tmp_path):
+    run(config(steps=4), data, tmp_path)
+    files = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(ValueError, match="holds step 4, beyond steps 2; nothing was trained"):
+        run(config(steps=2), data, tmp_path, resume=True)
+    same = run(config(steps=4, log_every=2), data, tmp_path, resume=True)
+    assert (same.step, same.resumed_from, same.history) == (4, 4, [])
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == files  # nothing was written
+    assert run(config(steps=5), data, tmp_path, resume=True).resumed_from == 4
+
+
+class Killed(BaseException):
+    """What a SIGKILL would do at that moment: stop everything."""
+
+
+def test_a_kill_while_trimming_the_metrics_keeps_the_history(data, tmp_path, monkeypatch):
+    run(config(steps=2), data, tmp_path)
+    metrics = tmp_path / METRICS
+    metrics.write_text(metrics.read_text() + '{"step": 3, "loss": 1.0}\n{"step": 4, "lo')  # logged past it
+    history = metrics.read_text()
+
+    def kill(fd):
+        raise Killed
+
+    monkeypatch.setattr(os, "fsync", kill)  # the first write to disk of the resumed run is killed
+    with pytest.raises(Killed):
+        run(config(steps=4), data, tmp_path, resume=True)
+    assert metrics.read_text() == history
+    monkeypatch.undo()
+    run(config(steps=4), data, tmp_path, resume=True)
+    assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()] == [1, 2, 3, 4]
+
+
+def test_elapsed_seconds_carry_over_a_resume(data, tmp_path):
+    """The checkpoint carries the training time so far; an old checkpoint without it starts again from 0."""
+    for name, carried in (("new", 1000.0), ("old", 0.0)):
+        run(config(steps=2), data, tmp_path / name)
+        saved = safe_torch_load(tmp_path / name / CHECKPOINT)
+        logged = json.loads((tmp_path / name / METRICS).read_text().splitlines()[-1])["seconds"]
+        assert 0 < logged <= saved["seconds"]
+        saved["seconds"] = carried
+        torch.save({key: value for key, value in saved.items() if name == "new" or key != "seconds"},
+                   tmp_path / name / CHECKPOINT)
+        run(config(steps=4), data, tmp_path / name, resume=True)
+        seconds = [json.loads(line)["seconds"] for line in (tmp_path / name / METRICS).read_text().splitlines()]
+        assert carried < seconds[2] < seconds[3] < carried + 60
+        assert carried < safe_torch_load(tmp_path / name / CHECKPOINT)["seconds"] < carried + 60
+
+
+def test_a_locked_run_folder_is_refused(data, tmp_path):
+    """A second train on the folder while one holds its lock (here: this test) writes nothing and says why."""
+    with open(tmp_path / LOCK, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(ValueError, match=f"{tmp_path} is in use: another cfgedu train holds"):
+            run(config(), data, tmp_path)
+        assert [p.name for p in tmp_path.iterdir()] == [LOCK]
+    assert run(config(), data, tmp_path).step == 4  # the lock is gone with its holder
+
+
+class Stop(Exception):
+    pass
+
+
+def test_the_process_group_timeout_reaches_init_process_group(data, tmp_path, monkeypatch):
+    asked = []
+
+    def init_process_group(backend, **kwargs):
+        asked.append((backend, kwargs["timeout"]))
+        raise Stop
+
+    monkeypatch.setattr(dist, "init_process_group", init_process_group)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as under torchrun
+    with pytest.raises(Stop):
+        run(config(process_group_timeout_s=42.0), data)
+    with pytest.raises(Stop):
+        join_process_group(torch.device("cpu"))  # the default, also used by cfgedu.fidelity
+    assert asked == [("gloo", timedelta(seconds=42)), ("gloo", timedelta(seconds=600))]
+    monkeypatch.delenv("WORLD_SIZE")
+    run(config(steps=2), data, tmp_path)
+    assert run(config(process_group_timeout_s=5.0), data, tmp_path, resume=True).step == 4  # may change on resume
 
 
 def test_resume_refuses_another_network_or_setup(data, tmp_path):

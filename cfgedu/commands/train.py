@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ._overrides import collect_overrides, override_pairs
+from ._paths import output_folder
 
 HELP = ("Train a preset's network with Algorithm 1 (label dropout, λ ~ p(λ), ε-MSE), AdamW, warm-up, clipping, "
         "EMA, atomic checkpoints and exact resume; any config field can be overridden as --key value "
@@ -32,6 +33,7 @@ def run(args) -> None:
     from ..config import apply_overrides, preset
     from ..training import train_experiment
 
+    output_folder(args.out)  # before anything is built
     if args.threads < 0:
         raise ValueError(f"--threads must be >= 0, got {args.threads}")
     if args.threads:
@@ -44,5 +46,10 @@ def run(args) -> None:
                                   progress=not args.no_progress)
     except FloatingPointError as error:  # a diverged run: one line, like every other CLI error
         raise ValueError(str(error)) from None
-    if os.environ.get("RANK", "0") == "0":
+    if os.environ.get("RANK", "0") != "0":
+        return
+    if result.resumed_from == result.step:
+        print(f"nothing to do: {args.out} already holds step {result.step} (--steps {result.step}); nothing was "
+              f"written (ask for more --steps to continue it)")
+    else:
         print(f"trained to step {result.step} in {result.seconds:.1f} s; wrote {args.out / 'checkpoint.pt'}")
