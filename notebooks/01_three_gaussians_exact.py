@@ -40,11 +40,11 @@ GUIDANCE = (1.0, 4.0, 16.0)  # the guided panels of Figure 2 (paper's w)
 import torch
 
 from cfgedu import GaussianMixture, guided
-from cfgedu.figure2 import compute_figure2, plot_figure2
-from cfgedu.grid import Grid2D, moments, tilted_densities
-from cfgedu.schedule import alpha_sigma
-from cfgedu.tensors import make_generator
-from cfgedu.widgets import Figure2Widget, ForwardProcessWidget, ScoreFieldWidget
+from cfgedu.toy.figure2 import compute_figure2, plot_figure2
+from cfgedu.toy.grid import Grid2D, moments, tilted_densities
+from cfgedu.core.schedule import alpha_sigma
+from cfgedu.core.tensors import make_generator
+from cfgedu.frontend.widgets import Figure2Widget, ForwardProcessWidget, ScoreFieldWidget
 
 mixture = GaussianMixture.three_gaussians()
 mixture.to_dict()

@@ -41,8 +41,8 @@ import torch
 
 from cfgedu import GaussianMixture
 from cfgedu.nets.mlp import MLPConfig
-from cfgedu.toy import eps_relative_errors, train_toy
-from cfgedu.widgets import LossCurve
+from cfgedu.toy.learned import eps_relative_errors, train_toy
+from cfgedu.frontend.widgets import LossCurve
 
 mixture = GaussianMixture.three_gaussians()
 net = MLPConfig(width=WIDTH, depth=DEPTH)
@@ -108,7 +108,7 @@ ax.legend()
 # Arrows of $\varepsilon_\theta$ (red) and $\varepsilon^*$ (black) at $\lambda = 0$, for class 0 and for $\varnothing$.
 
 # %%
-from cfgedu.grid import Grid2D  # noqa: E402
+from cfgedu.toy.grid import Grid2D  # noqa: E402
 
 points = Grid2D(2.6, 13).points()
 lam0 = torch.zeros(len(points), dtype=torch.float64)

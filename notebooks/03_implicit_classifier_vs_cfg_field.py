@@ -44,13 +44,13 @@ import matplotlib.pyplot as plt
 import torch
 
 from cfgedu import GaussianMixture
-from cfgedu.fields import (as_float64, cfg_field, circulation, field_report, grid_values, helmholtz_hodge,
+from cfgedu.toy.fields import (as_float64, cfg_field, circulation, field_report, grid_values, helmholtz_hodge,
                            implicit_classifier_gradient, plot_curl_panels, plot_helmholtz, projection_sampling)
-from cfgedu.grid import Grid2D
+from cfgedu.toy.grid import Grid2D
 from cfgedu.nets.mlp import MLPConfig
-from cfgedu.plotting import sample_histogram
-from cfgedu.toy import train_toy
-from cfgedu.widgets import CFGFieldWidget
+from cfgedu.frontend.plotting import sample_histogram
+from cfgedu.toy.learned import train_toy
+from cfgedu.frontend.widgets import CFGFieldWidget
 
 mixture = GaussianMixture.three_gaussians()
 grid = Grid2D(3.0, GRID)

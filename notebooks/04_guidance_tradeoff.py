@@ -38,9 +38,9 @@ import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 
 from cfgedu import GaussianMixture
-from cfgedu.tradeoff import (SweepConfig, corrector_table, learned_models, metric_table, plot_boundary_push,
+from cfgedu.toy.tradeoff import (SweepConfig, corrector_table, learned_models, metric_table, plot_boundary_push,
                              plot_tradeoff, run_sweep, sampler_table)
-from cfgedu.widgets import GuidanceIntervalWidget
+from cfgedu.frontend.widgets import GuidanceIntervalWidget
 
 mixture = GaussianMixture.three_gaussians()
 config = SweepConfig()
@@ -51,7 +51,7 @@ if FAST:
 
 # %% [markdown]
 # ## 1. The sweep
-# For each $w$ we draw samples per class and measure them with `cfgedu.metrics`:
+# For each $w$ we draw samples per class and measure them with `cfgedu.toy.metrics`:
 # - **FD**, the Fréchet distance between Gaussian fits, $\|m_1-m_2\|^2 + \mathrm{tr}(C_1 + C_2 - 2(C_1^{1/2}C_2C_1^{1/2})^{1/2})$,
 #   of all samples against the data $p(x)$: the FID axis;
 # - **IS** $= \exp \mathbb{E}_x \mathrm{KL}(p(c|x)\,\|\,\hat p(c))$ with the exact Bayes posterior $p(c|x)$ (and with a

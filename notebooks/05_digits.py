@@ -44,14 +44,14 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 
-from cfgedu.classifier import digits_protocol, load_classifier, validation_accuracy
-from cfgedu.config import preset
+from cfgedu.images.digits_classifier import digits_protocol, load_classifier, validation_accuracy
+from cfgedu.engine.config import preset
 from cfgedu.data.digits import load_digits_split
-from cfgedu.fidelity import PAPER_TABLE1
-from cfgedu.flops import describe_experiment
-from cfgedu.image_eval import evaluate_guidance, markdown_table
-from cfgedu.image_sampling import class_labels, image_grid
-from cfgedu.training import train_experiment
+from cfgedu.images.inception import PAPER_TABLE1
+from cfgedu.engine.flops import describe_experiment
+from cfgedu.images.evaluation import evaluate_guidance, markdown_table
+from cfgedu.images.sampling import class_labels, image_grid
+from cfgedu.engine.loop import train_experiment
 
 out_root = Path(RUN_DIR) if RUN_DIR else Path(tempfile.mkdtemp(prefix="cfgedu_digits_"))
 
@@ -119,7 +119,7 @@ evaluation, samples = evaluate_guidance(result.ema, WS, protocol, per_class=PER_
 print(markdown_table(evaluation["rows"], evaluation["fid_floor"]))
 
 # %%
-from cfgedu.widgets import SampleGridSlider
+from cfgedu.frontend.widgets import SampleGridSlider
 
 columns = min(PER_CLASS, 10)
 SampleGridSlider({w: images.reshape(10, PER_CLASS, 1, 16, 16)[:, :columns].reshape(-1, 1, 16, 16)
@@ -179,9 +179,9 @@ assert [r["w"] for r in short_eval["rows"]] == [0.0, 4.0]
 # as the held-out digits are (it generalises), and its misses are new digits that fit no class well.
 
 # %%
-from cfgedu.empirical import EmpiricalScore
-from cfgedu.image_eval import GaussianStats, score_images
-from cfgedu.samplers import sample
+from cfgedu.images.empirical import EmpiricalScore
+from cfgedu.images.evaluation import GaussianStats, score_images
+from cfgedu.core.samplers import sample
 
 labels = class_labels(10, PER_CLASS)
 exact_samples = sample(EmpiricalScore(x_train, c_train, 10), (1, 16, 16), labels,

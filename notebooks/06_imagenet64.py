@@ -53,11 +53,11 @@ import numpy as np
 import torch
 from IPython.display import Markdown, display
 
-from cfgedu import fidelity
+from cfgedu.images import inception as fidelity
 from cfgedu.data import imagenet64 as inet
-from cfgedu.training import load_checkpoint_model
-from cfgedu.image_sampling import image_grid
-from cfgedu.widgets import SampleGridWidget
+from cfgedu.engine.loop import load_checkpoint_model
+from cfgedu.images.sampling import image_grid
+from cfgedu.frontend.widgets import SampleGridWidget
 
 # %% [markdown]
 # ## 1. The data: downsampled ImageNet, read safely

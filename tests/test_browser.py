@@ -158,12 +158,12 @@ def run_all_cells(page) -> dict:
 
 
 def w_slider(page):
-    """The w slider: marked by cfgedu.widgets.w_slider, else an ipywidgets slider described 'w'."""
+    """The w slider: marked by cfgedu.frontend.widgets.w_slider, else an ipywidgets slider described 'w'."""
     marked = page.locator(".cfgedu-w-slider")
     if marked.count():
         return marked.first
     described = page.locator(".widget-slider").filter(has=page.locator(".widget-label", has_text=re.compile(r"^w$")))
-    assert described.count(), "the notebook has no w slider (use cfgedu.widgets.w_slider)"
+    assert described.count(), "the notebook has no w slider (use cfgedu.frontend.widgets.w_slider)"
     return described.first
 
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch.nn.modules.module import register_module_parameter_registration_hook
 
-from cfgedu.config import MixtureSamples
-from cfgedu.nets import load_model, save_model, saved_config
+from cfgedu.engine.config import MixtureSamples
+from cfgedu.nets.registry import load_model, save_model, saved_config
 from cfgedu.nets.mlp import EpsMLP, MLPConfig
 from cfgedu.nets.unet import UNetConfig
-from cfgedu.training import CHECKPOINT, METRICS, TrainConfig, load_checkpoint_model, train
+from cfgedu.engine.loop import CHECKPOINT, METRICS, TrainConfig, load_checkpoint_model, train
 
 SMALL = MLPConfig(num_classes=3, width=16, depth=2, class_dim=4)  # trunk.0.weight: (16, 2 + 1 + 2·4 + 4)
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from cfgedu.cli import main
+from cfgedu.commands.cli import main
 from cfgedu.commands import _paths
 
 # command -> arguments besides --out; any input they name is missing, so the --out check must come first
@@ -56,10 +56,10 @@ def toy_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
-    from cfgedu.config import Experiment
+    from cfgedu.engine.config import Experiment
     from cfgedu.data.digits import DigitsData
     from cfgedu.nets.unet import UNetConfig
-    from cfgedu.training import TrainConfig, train_experiment
+    from cfgedu.engine.loop import TrainConfig, train_experiment
 
     out = tmp_path_factory.mktemp("digits")
     config = UNetConfig(image_size=8, model_channels=8, channel_mult=(1,), num_res_blocks=1, attention_resolutions=(),
@@ -73,7 +73,7 @@ def digits_run(tmp_path_factory):
 
 @pytest.mark.parametrize("command", ERROR_COMMANDS)
 def test_out_that_is_a_file_is_refused_before_any_work(command, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("cfgedu.figure2.compute_figure2", lambda *a, **k: pytest.fail("figure2 computed"))
+    monkeypatch.setattr("cfgedu.toy.figure2.compute_figure2", lambda *a, **k: pytest.fail("figure2 computed"))
     taken = tmp_path / "taken.png"
     taken.write_bytes(b"a file")
     assert error_of(capsys, command, *ERROR_COMMANDS[command], "--out", str(taken)) == \
@@ -117,16 +117,16 @@ def test_fields_grid_is_bounded(grid, tmp_path, capsys):
 
 
 def test_evaluate_names_the_protocol_for_an_imagenet_checkpoint(tmp_path, capsys, monkeypatch):
-    from cfgedu.config import apply_overrides, preset
+    from cfgedu.engine.config import apply_overrides, preset
     from cfgedu.data import imagenet64 as inet
-    from cfgedu.training import train_experiment
+    from cfgedu.engine.loop import train_experiment
 
     inet.write_synthetic_batches(tmp_path / "src", num_train=4, num_val=2, num_files=1)
     inet.convert_pickles(tmp_path / "src", tmp_path / "data", progress=False)
     experiment = apply_overrides(preset("imagenet64"), {**inet.TINY_OVERRIDES, "steps": "1",
                                                         "data": str(tmp_path / "data")})
     train_experiment(experiment, tmp_path / "run", preset_name="imagenet64", progress=False)
-    monkeypatch.setattr("cfgedu.image_eval.evaluate_guidance", lambda *a, **k: pytest.fail("sampled"))
+    monkeypatch.setattr("cfgedu.images.evaluation.evaluate_guidance", lambda *a, **k: pytest.fail("sampled"))
     assert error_of(capsys, "evaluate", "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "eval")) == (
         "cfgedu evaluate: error: this checkpoint's network takes 3x64x64 images with 1000 classes; the digits protocol "
         "needs 1-channel 8/16/32-pixel digits with 10 classes: use --protocol imagenet --inception PATH for an "
@@ -155,7 +155,7 @@ def test_sample_warns_about_a_saturating_w(digits_run, tmp_path, capsys):
 # ---- outputs: whole or absent ---------------------------------------------------------------------------------------
 
 def test_every_command_writes_whole_outputs(toy_run, digits_run, tmp_path, monkeypatch):
-    from cfgedu.tradeoff import SweepConfig
+    from cfgedu.toy.tradeoff import SweepConfig
 
     assert_whole(toy_run, ["model.pt", "config.json", "metrics.json"])
     assert main(["figure2", "--out", str(tmp_path / "fig2"), "--samples-per-class", "50", "--steps", "8"]) == 0

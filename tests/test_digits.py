@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from cfgedu.cli import main
+from cfgedu.commands.cli import main
 from cfgedu.data.digits import DigitsData, load_digits_split
-from cfgedu.image_eval import (EvalProtocol, GaussianStats, class_accuracy, evaluate_guidance, fid_floor,
+from cfgedu.images.evaluation import (EvalProtocol, GaussianStats, class_accuracy, evaluate_guidance, fid_floor,
                                frechet_distance, inception_score)
-from cfgedu.image_sampling import class_labels, image_grid, sample_images
+from cfgedu.images.sampling import class_labels, image_grid, sample_images
 from cfgedu.nets.unet import UNetConfig
-from cfgedu.samplers import sample
+from cfgedu.core.samplers import sample
 
 TINY = UNetConfig(image_size=16, in_channels=1, num_classes=10, model_channels=8, channel_mult=(1, 2),
                   num_res_blocks=1, attention_resolutions=(8,), head_channels=8, norm_groups=4)
@@ -21,8 +21,8 @@ TINY = UNetConfig(image_size=16, in_channels=1, num_classes=10, model_channels=8
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """A tiny U-Net trained for 3 steps on digits by the engine: a real checkpoint folder."""
-    from cfgedu.config import Experiment
-    from cfgedu.training import TrainConfig, train_experiment
+    from cfgedu.engine.config import Experiment
+    from cfgedu.engine.loop import TrainConfig, train_experiment
 
     out = tmp_path_factory.mktemp("digits_run")
     experiment = Experiment("unet", TINY, DigitsData(16), TrainConfig(steps=3, batch_size=8, lr=1e-3, ema_decay=0.5))
@@ -53,7 +53,7 @@ def test_digits_ranks_share_one_global_batch():
 
 
 def test_classifier_reaches_97_percent_on_held_out_digits():
-    from cfgedu.classifier import load_classifier, validation_accuracy
+    from cfgedu.images.digits_classifier import load_classifier, validation_accuracy
 
     model = load_classifier(progress=False)  # cached after the first run
     assert validation_accuracy(model) >= 0.97
@@ -105,7 +105,7 @@ def test_grid_rows_are_classes():
 
 
 def test_sampler_doubled_batch_equals_two_separate_passes(run_dir):
-    from cfgedu.training import load_checkpoint_model
+    from cfgedu.engine.loop import load_checkpoint_model
 
     model = load_checkpoint_model(run_dir)
     with torch.no_grad():
@@ -127,7 +127,7 @@ def test_sampler_doubled_batch_equals_two_separate_passes(run_dir):
 
 
 def test_evaluate_guidance_with_a_pluggable_extractor(run_dir):
-    from cfgedu.training import load_checkpoint_model
+    from cfgedu.engine.loop import load_checkpoint_model
 
     def moments(images):  # a deterministic toy extractor: features = mean and std, logits favour class 0
         flat = images.flatten(1)
@@ -183,7 +183,7 @@ def test_describe_applies_config_overrides(capsys):
 
 
 def test_bench_reports_consistent_figures():
-    from cfgedu.bench import benchmark
+    from cfgedu.engine.bench import benchmark
     from cfgedu.nets.unet import UNet
 
     result = benchmark(UNet(TINY), batch_size=2, train_steps=1, repeats=1, sampling_steps=10)
@@ -210,8 +210,8 @@ def test_bench_command_applies_config_overrides(capsys):
 
 
 def test_sample_grid_slider_snaps_to_the_nearest_sampled_w():
-    from cfgedu.image_sampling import image_grid as grid_of
-    from cfgedu.widgets import SampleGridSlider
+    from cfgedu.images.sampling import image_grid as grid_of
+    from cfgedu.frontend.widgets import SampleGridSlider
 
     samples = {w: torch.full((4, 1, 2, 2), w / 4 - 1) for w in (0.0, 1.0, 4.0)}  # each w its own grey level
     panel = SampleGridSlider(samples, rows=2)

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from cfgedu.data.digits import load_digits_split
-from cfgedu.empirical import EmpiricalScore
-from cfgedu.image_sampling import class_labels
-from cfgedu.samplers import sample
-from cfgedu.schedule import alpha_sigma
+from cfgedu.images.empirical import EmpiricalScore
+from cfgedu.images.sampling import class_labels
+from cfgedu.core.samplers import sample
+from cfgedu.core.schedule import alpha_sigma
 
 
 def log_density(z: torch.Tensor, lam: torch.Tensor, points: torch.Tensor) -> torch.Tensor:

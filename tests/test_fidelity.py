@@ -11,7 +11,7 @@ import pytest
 import scipy.linalg
 import torch
 
-from cfgedu import fidelity
+from cfgedu.images import inception as fidelity
 
 
 def scipy_frechet(x, y):

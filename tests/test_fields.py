@@ -3,11 +3,11 @@ import math
 import pytest
 import torch
 
-from cfgedu.fields import (ConservativeProjection, as_float64, bilinear, cfg_field, check_2d, circulation,
+from cfgedu.toy.fields import (ConservativeProjection, as_float64, bilinear, cfg_field, check_2d, circulation,
                            curl_from_jacobian, field_report, grid_values, helmholtz_hodge, implicit_classifier_error,
                            jacobian, jacobian_fd, projection_sampling, relative_curl)
-from cfgedu.grid import Grid2D
-from cfgedu.guidance import guided
+from cfgedu.toy.grid import Grid2D
+from cfgedu.core.guidance import guided
 from cfgedu.nets.mlp import EnergyMLP, EpsMLP, MLPConfig
 
 GRID = Grid2D(3.0, 48)

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from cfgedu.cli import main
+from cfgedu.commands.cli import main
 
 
 @pytest.fixture(scope="module")

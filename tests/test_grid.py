@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from cfgedu.grid import Grid2D, HistogramTV, mix, moments, sample_from_grid, tilted_densities, tv_between
+from cfgedu.toy.grid import Grid2D, HistogramTV, mix, moments, sample_from_grid, tilted_densities, tv_between
 
 
 @pytest.fixture
@@ -36,7 +36,7 @@ def test_tilt_identity_with_posterior(toy, grid):
     points = grid.points()
     direct = (toy.log_prob(points, None, torch.zeros(len(points), dtype=torch.long))
               + 2.0 * toy.posterior(points)[:, 0].log()).reshape(grid.n, grid.n)
-    from cfgedu.grid import normalize
+    from cfgedu.toy.grid import normalize
     assert torch.allclose(normalize(direct, grid.cell), tilted_densities(toy, grid, 2.0)[0], atol=1e-10)
 
 

@@ -4,9 +4,9 @@ import warnings
 import pytest
 import torch
 
-from cfgedu.guidance import (SATURATED_W, GuidanceWarning, cfg_combine, check_w, guided, interval_weight,
+from cfgedu.core.guidance import (SATURATED_W, GuidanceWarning, cfg_combine, check_w, guided, interval_weight,
                              scale_from_w, w_from_scale)
-from cfgedu.parameterization import eps_to_score, eps_to_x, score_to_eps, x_to_eps
+from cfgedu.core.parameterization import eps_to_score, eps_to_x, score_to_eps, x_to_eps
 
 
 class Recorder:

@@ -2,13 +2,13 @@
 import pytest
 import torch
 
-from cfgedu.correctors import LangevinCorrector, TiltedDensity
-from cfgedu.grid import Grid2D, HistogramTV, tilted_densities
-from cfgedu.guidance import guided
-from cfgedu.ideal import IdealTiltedModel
-from cfgedu.samplers import sample
-from cfgedu.schedule import LogSNRSchedule, alpha_sigma, q_sample
-from cfgedu.tensors import make_generator
+from cfgedu.toy.correctors import LangevinCorrector, TiltedDensity
+from cfgedu.toy.grid import Grid2D, HistogramTV, tilted_densities
+from cfgedu.core.guidance import guided
+from cfgedu.toy.ideal import IdealTiltedModel
+from cfgedu.core.samplers import sample
+from cfgedu.core.schedule import LogSNRSchedule, alpha_sigma, q_sample
+from cfgedu.core.tensors import make_generator
 
 
 @pytest.mark.parametrize("lam", [-4.0, 0.0, 2.0, 4.0])

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cfgedu import fidelity
+from cfgedu.images import inception as fidelity
 from cfgedu.data import imagenet64 as inet
 
 
@@ -233,7 +233,7 @@ def test_missing_folder_and_bad_rank_are_clear(official, tmp_path):
 
 
 def test_prepare_command(official, jpeg_folder, tmp_path, capsys):
-    from cfgedu.cli import main
+    from cfgedu.commands.cli import main
 
     src, images, _ = official
     assert main(["prepare-imagenet64", "--src", str(src), "--out", str(tmp_path / "a"), "--workers", "1"]) == 0
@@ -260,8 +260,8 @@ def torchrun_train(data, out, steps):
 
 
 def test_torchrun_two_gloo_processes_train_then_resume(tmp_path):
-    from cfgedu.config import apply_overrides, preset
-    from cfgedu.training import train_experiment
+    from cfgedu.engine.config import apply_overrides, preset
+    from cfgedu.engine.loop import train_experiment
 
     inet.write_synthetic_batches(tmp_path / "src", num_train=32, num_val=8)
     inet.convert_pickles(tmp_path / "src", tmp_path / "data", progress=False)
@@ -302,12 +302,12 @@ def test_launch_command_and_metrics_tail(tmp_path):
 
 
 def test_sample_grid_widget_shows_algorithm2_samples():
-    from cfgedu.guidance import guided
-    from cfgedu.image_sampling import image_grid
+    from cfgedu.core.guidance import guided
+    from cfgedu.images.sampling import image_grid
     from cfgedu.nets.unet import UNet, UNetConfig
-    from cfgedu.samplers import sample
-    from cfgedu.tensors import make_generator
-    from cfgedu.widgets import SampleGridWidget
+    from cfgedu.core.samplers import sample
+    from cfgedu.core.tensors import make_generator
+    from cfgedu.frontend.widgets import SampleGridWidget
 
     torch.manual_seed(0)
     model = UNet(UNetConfig(image_size=8, in_channels=3, num_classes=3, model_channels=8, channel_mult=(1,),
@@ -322,7 +322,7 @@ def test_sample_grid_widget_shows_algorithm2_samples():
 
 
 def test_evaluate_command_names_the_missing_inception_weights(tmp_path, monkeypatch, capsys):
-    from cfgedu.cli import main
+    from cfgedu.commands.cli import main
 
     monkeypatch.delenv(fidelity.INCEPTION_ENV, raising=False)
     assert main(["evaluate", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "eval"), "--protocol", "imagenet"]) == 2

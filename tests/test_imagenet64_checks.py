@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cfgedu.cli import main
+from cfgedu.commands.cli import main
 from cfgedu.data import imagenet64 as inet
 
 

@@ -6,7 +6,7 @@ import matplotlib.pyplot as plt
 import pytest
 import torch
 
-from cfgedu.io import atomic_savefig, atomic_write_json, atomic_write_text, first_sentence, safe_torch_load
+from cfgedu.core.io import atomic_savefig, atomic_write_json, atomic_write_text, first_sentence, safe_torch_load
 
 
 class _Payload:

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from cfgedu.losses import diffusion_loss, drop_labels
-from cfgedu.schedule import alpha_sigma
+from cfgedu.core.losses import diffusion_loss, drop_labels
+from cfgedu.core.schedule import alpha_sigma
 
 
 def test_realised_dropout_rate_and_null_never_a_class(generator):

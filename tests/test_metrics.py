@@ -4,8 +4,8 @@ import pytest
 import torch
 from scipy.linalg import sqrtm
 
-from cfgedu.grid import Grid2D, HistogramTV, sample_from_grid, tilted_densities
-from cfgedu.metrics import (bayes_inception_score, fit_logistic_classifier, frechet_distance, frechet_gaussians,
+from cfgedu.toy.grid import Grid2D, HistogramTV, sample_from_grid, tilted_densities
+from cfgedu.toy.metrics import (bayes_inception_score, fit_logistic_classifier, frechet_distance, frechet_gaussians,
                             frechet_per_class, frechet_pooled, inception_score, kl_to_grid, knn_entropy,
                             logistic_inception_score, mixture_moments, mmd2_rbf, precision_recall, radial_distances,
                             tv_to_grid)

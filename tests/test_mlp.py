@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from cfgedu.nets import MODEL_KINDS, build_model, load_model, save_model
+from cfgedu.nets.registry import MODEL_KINDS, build_model, load_model, save_model
 from cfgedu.nets.mlp import EnergyMLP, EpsMLP, MLPConfig
-from cfgedu.schedule import alpha_sigma
+from cfgedu.core.schedule import alpha_sigma
 
 SMALL = MLPConfig(width=16, depth=2, class_dim=4)
 

@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from cfgedu.gmm import GaussianMixture
-from cfgedu.guidance import guided
-from cfgedu.samplers import sample
-from cfgedu.tensors import make_generator
+from cfgedu.toy.mixture import GaussianMixture
+from cfgedu.core.guidance import guided
+from cfgedu.core.samplers import sample
+from cfgedu.core.tensors import make_generator
 
 
 @pytest.mark.parametrize("method", ["ancestral", "ddim"])

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from cfgedu.schedule import LogSNRSchedule, alpha_sigma, posterior, q_sample, transition
+from cfgedu.core.schedule import LogSNRSchedule, alpha_sigma, posterior, q_sample, transition
 
 S = LogSNRSchedule()
 

@@ -3,13 +3,13 @@ import json
 import pytest
 import torch
 
-from cfgedu.cli import main
+from cfgedu.commands.cli import main
 from cfgedu.data.toy import ToyData
-from cfgedu.fields import field_report
-from cfgedu.grid import Grid2D
-from cfgedu.nets import build_model, save_model
+from cfgedu.toy.fields import field_report
+from cfgedu.toy.grid import Grid2D
+from cfgedu.nets.registry import build_model, save_model
 from cfgedu.nets.mlp import MLPConfig
-from cfgedu.toy import eps_relative_errors, train_toy
+from cfgedu.toy.learned import eps_relative_errors, train_toy
 
 SMALL = MLPConfig(width=64, depth=2, class_dim=8)
 

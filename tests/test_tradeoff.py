@@ -4,8 +4,8 @@ import csv
 import pytest
 import torch
 
-from cfgedu.schedule import LogSNRSchedule
-from cfgedu.tradeoff import (COLUMNS, GUIDANCE_INTERVAL, SweepConfig, learned_models, linear_schedule_weight,
+from cfgedu.core.schedule import LogSNRSchedule
+from cfgedu.toy.tradeoff import (COLUMNS, GUIDANCE_INTERVAL, SweepConfig, learned_models, linear_schedule_weight,
                              run_sweep, write_outputs)
 
 TINY = SweepConfig(ws=(0.0, 1.0, 3.0), p_unconds=(0.1,), steps=(12,), samples_per_class=200,
@@ -21,7 +21,7 @@ def sweep(toy_module):
 
 @pytest.fixture(scope="module")
 def toy_module():
-    from cfgedu.gmm import GaussianMixture
+    from cfgedu.toy.mixture import GaussianMixture
 
     return GaussianMixture.three_gaussians()
 
@@ -105,8 +105,8 @@ def test_bad_configs():
 
 
 def test_interval_widget_full_interval_is_plain_cfg(toy_module):
-    from cfgedu.tradeoff import SAMPLERS, draw
-    from cfgedu.widgets import GuidanceIntervalWidget
+    from cfgedu.toy.tradeoff import SAMPLERS, draw
+    from cfgedu.frontend.widgets import GuidanceIntervalWidget
 
     widget = GuidanceIntervalWidget(toy_module, w=2.0, per_class=60, steps=6, bins=16)
     assert "s = 1 + w = 3" in widget.readout.value

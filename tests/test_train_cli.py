@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from cfgedu.cli import main
-from cfgedu.config import apply_overrides, override_keys, preset
-from cfgedu.io import safe_torch_load
-from cfgedu.training import CHECKPOINT, METRICS, TrainConfig, load_checkpoint_model
+from cfgedu.commands.cli import main
+from cfgedu.engine.config import apply_overrides, override_keys, preset
+from cfgedu.core.io import safe_torch_load
+from cfgedu.engine.loop import CHECKPOINT, METRICS, TrainConfig, load_checkpoint_model
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -153,7 +153,7 @@ def test_out_that_is_a_file_is_refused_before_any_work(tmp_path, capsys, monkeyp
     def no_building(*args, **kwargs):
         raise AssertionError("built a network before checking --out")
 
-    monkeypatch.setattr("cfgedu.training.build_model", no_building)
+    monkeypatch.setattr("cfgedu.engine.loop.build_model", no_building)
     taken = tmp_path / "notes.txt"
     taken.write_text("keep me")
     assert "is a file" in error_of(capsys, *TINY, "--out", str(taken))

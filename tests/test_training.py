@@ -12,11 +12,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from cfgedu.config import MixtureSamples
-from cfgedu.io import safe_torch_load
-from cfgedu.losses import diffusion_loss
+from cfgedu.engine.config import MixtureSamples
+from cfgedu.core.io import safe_torch_load
+from cfgedu.core.losses import diffusion_loss
 from cfgedu.nets.mlp import EpsMLP, MLPConfig
-from cfgedu.training import (CHECKPOINT, LOCK, METRICS, TensorData, TrainConfig, algorithm1_loss, draw_noise,
+from cfgedu.engine.loop import (CHECKPOINT, LOCK, METRICS, TensorData, TrainConfig, algorithm1_loss, draw_noise,
                              join_process_group, learning_rate, load_checkpoint_model, slot_offset, train)
 
 KIND = "mlp"
@@ -55,7 +55,7 @@ def weights(module: nn.Module | dict) -> torch.Tensor:
 
 
 def test_whole_batch_noise_is_diffusion_loss_draws(data):
-    """With the whole batch, Algorithm 1 here is cfgedu.losses.diffusion_loss to the bit (same draws)."""
+    """With the whole batch, Algorithm 1 here is cfgedu.core.losses.diffusion_loss to the bit (same draws)."""
     model, cfg = tiny_mlp(), config(p_uncond=0.3)
     x, c = data.batch(0, 0, 0, 1, 16)
     noise = draw_noise(16, data.data_shape, cfg, torch.Generator().manual_seed(5))
@@ -228,7 +228,7 @@ def test_the_process_group_timeout_reaches_init_process_group(data, tmp_path, mo
     with pytest.raises(Stop):
         run(config(process_group_timeout_s=42.0), data)
     with pytest.raises(Stop):
-        join_process_group(torch.device("cpu"))  # the default, also used by cfgedu.fidelity
+        join_process_group(torch.device("cpu"))  # the default, also used by cfgedu.images.inception
     assert asked == [("gloo", timedelta(seconds=42)), ("gloo", timedelta(seconds=600))]
     monkeypatch.delenv("WORLD_SIZE")
     run(config(steps=2), data, tmp_path)

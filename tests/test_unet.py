@@ -4,12 +4,12 @@ import dataclasses
 import pytest
 import torch
 
-from cfgedu.flops import count_parameters, describe_experiment, forward_flops
-from cfgedu.guidance import guided
-from cfgedu.nets import build_model, load_model, save_model
+from cfgedu.engine.flops import count_parameters, describe_experiment, forward_flops
+from cfgedu.core.guidance import guided
+from cfgedu.nets.registry import build_model, load_model, save_model
 from cfgedu.nets.embeddings import inv_cos, sinusoidal
 from cfgedu.nets.unet import UNet, UNetConfig, unet_preset
-from cfgedu.schedule import LogSNRSchedule
+from cfgedu.core.schedule import LogSNRSchedule
 
 ADM64_WITH_SIGMA = 295_904_454  # guided-diffusion ADM-64 (learned σ: 6 output channels), SPEC 7.2
 SIGMA_HEAD = 3 * 192 * 9 + 3  # the 3 extra output channels of its final 3x3 conv
@@ -49,7 +49,7 @@ def test_imagenet64_matches_adm64_without_the_sigma_head():
 
 
 def test_describe_reports_the_digits_preset():
-    from cfgedu.config import preset
+    from cfgedu.engine.config import preset
 
     info = describe_experiment(preset("digits"))
     model = build_model("unet", info["model"])

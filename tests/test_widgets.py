@@ -7,9 +7,9 @@ import torch
 
 pytest.importorskip("ipywidgets")
 
-from cfgedu import widgets  # noqa: E402
-from cfgedu.grid import Grid2D, mix, tilted_densities  # noqa: E402
-from cfgedu.schedule import alpha_sigma  # noqa: E402
+from cfgedu.frontend import widgets  # noqa: E402
+from cfgedu.toy.grid import Grid2D, mix, tilted_densities  # noqa: E402
+from cfgedu.core.schedule import alpha_sigma  # noqa: E402
 
 
 def parse_readout(text: str) -> tuple[float, float]:

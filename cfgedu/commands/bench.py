@@ -10,7 +10,7 @@ HELP = ("Benchmark a preset's network on this device (CUDA if available): traini
 
 
 def add_arguments(parser):
-    parser.add_argument("--preset", required=True, help="named experiment (see cfgedu.config.PRESETS)")
+    parser.add_argument("--preset", required=True, help="named experiment (see cfgedu.engine.config.PRESETS)")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="images per step (default: the preset's per-device batch on CUDA, 2 on CPU for "
                              "networks above 100 GFLOP, else 64)")
@@ -33,12 +33,12 @@ def run(args) -> None:
 
     import torch
 
-    from ..bench import benchmark
-    from ..checks import check_positive_int
-    from ..config import apply_overrides, preset
-    from ..flops import forward_flops
-    from ..nets import build_model
-    from ..tensors import default_device
+    from ..engine.bench import benchmark
+    from ..core.checks import check_positive_int
+    from ..engine.config import apply_overrides, preset
+    from ..engine.flops import forward_flops
+    from ..nets.registry import build_model
+    from ..core.tensors import default_device
 
     if args.threads:
         torch.set_num_threads(check_positive_int("threads", args.threads))

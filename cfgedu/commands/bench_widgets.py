@@ -16,8 +16,8 @@ def run(args) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
-    from ..checks import check_positive_int
-    from ..widgets import BENCHMARKS, time_sliders
+    from ..core.checks import check_positive_int
+    from ..frontend.widgets import BENCHMARKS, time_sliders
 
     moves = check_positive_int("moves", args.moves)
     print(f"{'panel':<46} {'slider':<8} {'median ms':>9} {'max ms':>7}")

@@ -10,15 +10,15 @@ HELP = ("Print a preset's resolved configuration (network, data, training) as JS
 
 
 def add_arguments(parser):
-    parser.add_argument("--preset", required=True, help="named experiment (see cfgedu.config.PRESETS)")
+    parser.add_argument("--preset", required=True, help="named experiment (see cfgedu.engine.config.PRESETS)")
     collect_overrides(parser)
 
 
 def run(args) -> None:
     import json
 
-    from ..config import apply_overrides, preset
-    from ..flops import describe_experiment
+    from ..engine.config import apply_overrides, preset
+    from ..engine.flops import describe_experiment
 
     experiment = apply_overrides(preset(args.preset), override_pairs(args.overrides))
     print(json.dumps({"preset": args.preset, **describe_experiment(experiment)}, indent=2))

@@ -9,8 +9,8 @@ HELP = ("Sample every class at each guidance strength w (s = 1 + w) and measure 
         "with a protocol's feature extractor (digits: a small CNN; FID against the validation split), beside the "
         "real-data FID floor; writes eval.json, eval.md and a sample grid per w.")
 
-# protocol name -> "module:function" taking the image size and returning a cfgedu.image_eval.EvalProtocol
-PROTOCOLS = {"digits": "cfgedu.classifier:digits_protocol"}
+# protocol name -> "module:function" taking the image size and returning a cfgedu.images.evaluation.EvalProtocol
+PROTOCOLS = {"digits": "cfgedu.images.digits_classifier:digits_protocol"}
 
 
 def add_arguments(parser):
@@ -51,17 +51,17 @@ def check_digits_fit(model) -> None:
 def run(args) -> None:
     import importlib
 
-    from ..guidance import check_w
-    from ..image_eval import evaluate_guidance, markdown_table
-    from ..image_sampling import save_grid
-    from ..io import atomic_write_json, atomic_write_text
-    from ..tensors import default_device
-    from ..training import load_checkpoint_model
+    from ..core.guidance import check_w
+    from ..images.evaluation import evaluate_guidance, markdown_table
+    from ..images.sampling import save_grid
+    from ..core.io import atomic_write_json, atomic_write_text
+    from ..core.tensors import default_device
+    from ..engine.loop import load_checkpoint_model
 
     output_folder(args.out)
     args.w = [check_w(w) for w in args.w]
     if args.inception is not None or args.protocol == "imagenet":
-        from ..fidelity import evaluate_run, write_evaluation
+        from ..images.inception import evaluate_run, write_evaluation
 
         result = evaluate_run(args.checkpoint, args.w, args.n, inception=args.inception, reference=args.reference,
                               steps=args.steps or 256, seed=args.seed, batch_size=args.batch_size)

@@ -28,14 +28,14 @@ def run(args) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
-    from ..checks import check_in_range
-    from ..fields import (as_float64, cfg_field, fields_table, grid_values, helmholtz_hodge, plot_curl_panels,
+    from ..core.checks import check_in_range
+    from ..toy.fields import (as_float64, cfg_field, fields_table, grid_values, helmholtz_hodge, plot_curl_panels,
                           plot_helmholtz)
-    from ..gmm import GaussianMixture
-    from ..grid import Grid2D
-    from ..guidance import check_w
-    from ..io import atomic_savefig, atomic_write_json
-    from ..nets import load_model
+    from ..toy.mixture import GaussianMixture
+    from ..toy.grid import Grid2D
+    from ..core.guidance import check_w
+    from ..core.io import atomic_savefig, atomic_write_json
+    from ..nets.registry import load_model
 
     output_folder(args.out)
     check_in_range("--grid (points per side)", args.grid, *GRID_SIDES)

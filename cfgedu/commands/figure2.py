@@ -25,11 +25,11 @@ def run(args) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
-    from ..figure2 import compute_figure2, plot_figure2
-    from ..gmm import GaussianMixture
-    from ..guidance import check_w
-    from ..io import atomic_savefig, atomic_write_json
-    from ..nets import load_model
+    from ..toy.figure2 import compute_figure2, plot_figure2
+    from ..toy.mixture import GaussianMixture
+    from ..core.guidance import check_w
+    from ..core.io import atomic_savefig, atomic_write_json
+    from ..nets.registry import load_model
 
     output_folder(args.out)
     args.w = [check_w(w) for w in args.w]

@@ -25,10 +25,10 @@ def add_arguments(parser):
 
 
 def run(args) -> None:
-    from ..guidance import check_w
-    from ..image_sampling import class_labels, sample_images, save_grid
-    from ..tensors import default_device
-    from ..training import load_checkpoint_model
+    from ..core.guidance import check_w
+    from ..images.sampling import class_labels, sample_images, save_grid
+    from ..core.tensors import default_device
+    from ..engine.loop import load_checkpoint_model
 
     output_image(args.out)
     check_w(args.w)

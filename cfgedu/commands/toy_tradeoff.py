@@ -25,7 +25,7 @@ def run(args) -> None:
     import torch
 
     matplotlib.use("Agg")
-    from ..tradeoff import SweepConfig, learned_models, run_sweep, with_overrides, write_outputs
+    from ..toy.tradeoff import SweepConfig, learned_models, run_sweep, with_overrides, write_outputs
 
     output_folder(args.out)
     torch.set_num_threads(args.threads)

@@ -11,7 +11,7 @@ HELP = ("Train the three-Gaussian toy's ε-MLP (or its energy-parameterised, con
 
 
 def add_arguments(parser):
-    from ..toy import MODELS, TOY_TRAIN
+    from ..toy.learned import MODELS, TOY_TRAIN
 
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--model", choices=MODELS, default="mlp",
@@ -27,7 +27,7 @@ def add_arguments(parser):
 def run(args) -> None:
     import torch
 
-    from ..toy import write_toy_run
+    from ..toy.learned import write_toy_run
 
     output_folder(args.out)
     if args.threads:

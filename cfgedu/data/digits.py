@@ -58,7 +58,7 @@ class DigitsData:
             raise ValueError(f"digits image size must be one of {SIZES}; got {self.size!r}")
 
     def build(self, seed: int = 0):
-        from ..training import TensorData
+        from ..engine.loop import TensorData
 
         x, c = load_digits_split("train", self.size)
         return TensorData(x, c, NUM_CLASSES, seed)

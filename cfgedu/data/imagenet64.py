@@ -1,5 +1,5 @@
 """ImageNet 64x64: the official downsampled batches or a raw ImageNet folder, converted once to
-memory-mapped uint8 arrays, and a DataSource over them for cfgedu.training.train (SPEC 7.4).
+memory-mapped uint8 arrays, and a DataSource over them for cfgedu.engine.loop.train (SPEC 7.4).
 
 Prepared folder layout (what `python -m cfgedu prepare-imagenet64` writes):
     DIR/train_images.npy  uint8 (N, 3, 64, 64), channels R, G, B; numpy.load(..., mmap_mode="r")
@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checks import check_choice, check_positive_int
-from ..io import atomic_write, atomic_write_json, first_sentence
-from ..tensors import make_generator
+from ..core.checks import check_choice, check_positive_int
+from ..core.io import atomic_write, atomic_write_json, first_sentence
+from ..core.tensors import make_generator
 
 IMAGE_SIZE = 64
 ROW_BYTES = 3 * IMAGE_SIZE * IMAGE_SIZE  # 12,288: one channel-planar R, G, B row of the official files
@@ -452,7 +452,7 @@ class ImageNet64Data:
 
     Each step has one random order of the images and one flip decision per position, drawn from
     generators seeded by (seed, step); the local batch of (micro, rank) is its slot of that order
-    (cfgedu.training.slot_offset). Ranks therefore get disjoint images (the role of DistributedSampler),
+    (cfgedu.engine.loop.slot_offset). Ranks therefore get disjoint images (the role of DistributedSampler),
     a step is the same for any split over processes and micro-steps, and resume is exact.
     """
 
@@ -467,7 +467,7 @@ class ImageNet64Data:
 
     def indices(self, step: int, micro: int, rank: int, world_size: int, size: int) -> tuple[np.ndarray, torch.Tensor]:
         """(dataset indices (size,), flip mask (size,)) of this rank's micro-batch."""
-        from ..training import derive_seed, slot_offset
+        from ..engine.loop import derive_seed, slot_offset
 
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in 0..{world_size - 1}, got {rank}")

@@ -5,9 +5,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..gmm import GaussianMixture
-from ..tensors import make_generator
-from ..training import derive_seed
+from ..toy.mixture import GaussianMixture
+from ..core.tensors import make_generator
+from ..engine.loop import derive_seed
 
 
 @dataclass

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..checks import check_batch, check_labels, check_positive_int
-from ..schedule import LogSNRSchedule, alpha_sigma
+from ..core.checks import check_batch, check_labels, check_positive_int
+from ..core.schedule import LogSNRSchedule, alpha_sigma
 from .embeddings import ClassEmbedding
 
 _SCHEDULE = LogSNRSchedule()  # u(λ) of the default p(λ) on [−20, 20]: u = 0 clean, u = 1 pure noise

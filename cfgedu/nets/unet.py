@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checks import check_batch, check_labels
+from ..core.checks import check_batch, check_labels
 from .embeddings import ClassEmbedding, LogSNREmbedding
 
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checks import check_finite, check_positive_int
-from .guidance import guided
-from .io import atomic_write
-from .samplers import sample
-from .schedule import LogSNRSchedule
+from ..core.checks import check_finite, check_positive_int
+from ..core.guidance import guided
+from ..core.io import atomic_write
+from ..core.samplers import sample
+from ..core.schedule import LogSNRSchedule
 
 
 def class_labels(num_classes: int, per_class: int) -> torch.Tensor:

@@ -3,15 +3,15 @@
 With exact scores the CFG field is the score of ρ_λ(z|c) ∝ p_λ(z|c)^{1+w} p_λ(z)^{−w}, known in closed form
 for the Gaussian mixture, so a Metropolis test is possible. ρ_λ is not the noised tilted target, but
 ρ_0 = π_w: corrector steps at every level pull CFG samples toward π_w as the levels approach the data.
-Pass a corrector to cfgedu.samplers.sample(..., corrector=...).
+Pass a corrector to cfgedu.core.samplers.sample(..., corrector=...).
 """
 from __future__ import annotations
 
 import torch
 
-from .checks import check_finite, check_positive_int
-from .gmm import GaussianMixture
-from .schedule import alpha_sigma
+from ..core.checks import check_finite, check_positive_int
+from .mixture import GaussianMixture
+from ..core.schedule import alpha_sigma
 
 
 class TiltedDensity:

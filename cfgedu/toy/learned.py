@@ -12,16 +12,16 @@ from typing import Callable
 
 import torch
 
-from .checks import check_choice, check_finite, check_in_range, check_positive_int
-from .data.toy import ToyData, draw_labelled
-from .gmm import GaussianMixture
-from .guidance import EpsModel
-from .io import atomic_write_json
-from .nets import build_model, save_model
-from .nets.mlp import MLPConfig
-from .schedule import LogSNRSchedule, q_sample
-from .tensors import make_generator
-from .training import TrainConfig, train
+from ..core.checks import check_choice, check_finite, check_in_range, check_positive_int
+from ..data.toy import ToyData, draw_labelled
+from .mixture import GaussianMixture
+from ..core.guidance import EpsModel
+from ..core.io import atomic_write_json
+from ..nets.registry import build_model, save_model
+from ..nets.mlp import MLPConfig
+from ..core.schedule import LogSNRSchedule, q_sample
+from ..core.tensors import make_generator
+from ..engine.loop import TrainConfig, train
 
 MODELS = ("mlp", "energy")
 

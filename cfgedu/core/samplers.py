@@ -54,7 +54,7 @@ def sample(eps_model: EpsModel, data_shape: tuple[int, ...], c: torch.Tensor, *,
     With trajectory=True also returns the list of z_t, one (B, *data_shape) tensor per grid point.
     Labels are checked against num_classes (or eps_model.num_classes) when known.
     `corrector(z, lam, c, generator) -> z`, if given, is applied after every step at the λ the new state
-    belongs to (λ_{t+1}, and λ_T for the final x̂), e.g. Langevin/MALA steps (see cfgedu.correctors).
+    belongs to (λ_{t+1}, and λ_T for the final x̂), e.g. Langevin/MALA steps (see cfgedu.toy.correctors).
     """
     steps = check_positive_int("steps", steps)
     v = check_in_range("v", v, 0.0, 1.0)

@@ -11,7 +11,7 @@ import dataclasses
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .nets import build_model
+from ..nets.registry import build_model
 
 TRAIN_FLOPS_PER_FORWARD = 3  # forward + backward ≈ 3 forwards (SPEC 9)
 

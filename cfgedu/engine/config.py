@@ -1,7 +1,7 @@
 """Named experiments (presets) and `--key value` overrides of frozen config dataclasses.
 
 An Experiment is what `python -m cfgedu train --preset NAME` runs: a network kind and its frozen Config, a
-data config whose build(seed) returns a DataSource, and a cfgedu.training.TrainConfig. Presets are listed
+data config whose build(seed) returns a DataSource, and a cfgedu.engine.loop.TrainConfig. Presets are listed
 lazily as "module:function" strings (the function takes no arguments and returns an Experiment), so
 importing this module imports no network or dataset. Adjust a preset with dataclasses.replace in Python,
 or with apply_overrides({"steps": "100", "model.width": "64"}) from strings on the command line.
@@ -20,9 +20,9 @@ from typing import Any
 
 # name -> "module:function" returning an Experiment.
 PRESETS: dict[str, str] = {
-    "toy-tiny": "cfgedu.config:toy_tiny",
-    "imagenet64": "cfgedu.config:imagenet64",
-    "digits": "cfgedu.config:digits",
+    "toy-tiny": "cfgedu.engine.config:toy_tiny",
+    "imagenet64": "cfgedu.engine.config:imagenet64",
+    "digits": "cfgedu.engine.config:digits",
 }
 
 _TRUE, _FALSE = ("true", "yes", "1", "on"), ("false", "no", "0", "off")
@@ -35,7 +35,7 @@ class Experiment:
     kind: str = dataclasses.field(metadata={"override": False})  # fixed by the preset, as the Config's type is
     model: Any = None  # the network's frozen Config dataclass
     data: Any = None  # a frozen dataclass with build(seed: int) -> DataSource
-    train: Any = None  # cfgedu.training.TrainConfig
+    train: Any = None  # cfgedu.engine.loop.TrainConfig
 
     def to_dict(self) -> dict:
         """A JSON-ready description (tuples become lists, paths and other objects their str)."""
@@ -153,9 +153,9 @@ class MixtureSamples:
     def build(self, seed: int):
         import torch
 
-        from .gmm import GaussianMixture
-        from .tensors import make_generator
-        from .training import TensorData
+        from ..toy.mixture import GaussianMixture
+        from ..core.tensors import make_generator
+        from .loop import TensorData
 
         mixture, generator = GaussianMixture.three_gaussians(), make_generator(self.data_seed)
         x = torch.cat([mixture.sample(self.per_class, c, generator) for c in range(mixture.num_classes)])
@@ -165,8 +165,8 @@ class MixtureSamples:
 
 def toy_tiny() -> Experiment:
     """A 2-layer, 32-wide ε-MLP on 384 toy points for 200 steps: seconds on a CPU."""
-    from .nets.mlp import MLPConfig
-    from .training import TrainConfig
+    from ..nets.mlp import MLPConfig
+    from .loop import TrainConfig
 
     return Experiment("mlp", MLPConfig(num_classes=3, width=32, depth=2, class_dim=8), MixtureSamples(),
                       TrainConfig(steps=200, batch_size=64, lr=2e-3, ema_decay=0.99, p_uncond=0.2,
@@ -179,9 +179,9 @@ def toy_tiny() -> Experiment:
 def digits() -> Experiment:
     """A 3.9M-parameter ε-U-Net on scikit-learn's digits at 16x16: 1000 steps of 64 images (64k images,
     1.04 GFLOP each to train), aimed at under 10 minutes on an idle 2-core CPU."""
-    from .data.digits import DigitsData
-    from .nets.unet import unet_preset
-    from .training import TrainConfig
+    from ..data.digits import DigitsData
+    from ..nets.unet import unet_preset
+    from .loop import TrainConfig
 
     return Experiment("unet", unet_preset("digits"), DigitsData(size=16),
                       TrainConfig(steps=1000, batch_size=64, lr=1e-3, warmup_steps=100, grad_clip=1.0,
@@ -196,9 +196,9 @@ def imagenet64() -> Experiment:
     --p_uncond), global batch 2048 (64 per GPU, gradient accumulation when fewer than 32 GPUs), lr 3e-4,
     EMA 0.9999, dropout 0.1, 400k steps, bf16 on CUDA. Sample it with v = 0.3 and T = 256. Warm-up
     (1000 steps) and clipping (1.0) follow the authors' distillation config, which the paper does not confirm."""
-    from .data.imagenet64 import ImageNet64Source
-    from .nets.unet import unet_preset
-    from .training import TrainConfig
+    from ..data.imagenet64 import ImageNet64Source
+    from ..nets.unet import unet_preset
+    from .loop import TrainConfig
 
     return Experiment("unet", unet_preset("imagenet64"), ImageNet64Source("data/imagenet64"),
                       TrainConfig(steps=400_000, batch_size=2048, per_device_batch=64, lr=3e-4, warmup_steps=1000,

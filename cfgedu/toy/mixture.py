@@ -10,8 +10,8 @@ import math
 
 import torch
 
-from .checks import check_batch, check_labels, check_positive_int
-from .schedule import alpha_sigma
+from ..core.checks import check_batch, check_labels, check_positive_int
+from ..core.schedule import alpha_sigma
 
 
 class GaussianMixture:

@@ -32,12 +32,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .checks import check_choice, check_in_range, check_positive_int
-from .io import atomic_torch_save, atomic_write_json, atomic_write_text, first_sentence, safe_torch_load
-from .nets import (MODEL_ENTRIES, build_model, check_entries, check_state_dict, model_record, rebuild_model,
+from ..core.checks import check_choice, check_in_range, check_positive_int
+from ..core.io import atomic_torch_save, atomic_write_json, atomic_write_text, first_sentence, safe_torch_load
+from ..nets.registry import (MODEL_ENTRIES, build_model, check_entries, check_state_dict, model_record, rebuild_model,
                    saved_config)
-from .schedule import LogSNRSchedule, q_sample
-from .tensors import make_generator
+from ..core.schedule import LogSNRSchedule, q_sample
+from ..core.tensors import make_generator
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -206,7 +206,7 @@ class StepNoise:
 
 
 def draw_noise(batch: int, data_shape: tuple[int, ...], config: TrainConfig, generator: torch.Generator) -> StepNoise:
-    """The draws of cfgedu.losses.diffusion_loss, in its order, so a whole batch gets exactly its noise."""
+    """The draws of cfgedu.core.losses.diffusion_loss, in its order, so a whole batch gets exactly its noise."""
     device = generator.device
     drop = torch.rand(batch, generator=generator, device=device) < config.p_uncond
     lam = config.schedule().sample_lam(batch, generator, device=device)
@@ -634,7 +634,7 @@ def _check_same_experiment(path: Path, record: dict) -> None:
 
 def train_experiment(experiment, out_dir: Path, *, preset_name: str = "", require_checkpoint: bool = False,
                      progress: bool = True) -> TrainResult:
-    """Build a cfgedu.config.Experiment's network and data and train it in out_dir, resuming its checkpoint.
+    """Build a cfgedu.engine.config.Experiment's network and data and train it in out_dir, resuming its checkpoint.
 
     out_dir/config.json records the experiment (written once a checkpoint to resume is verified); an existing
     one must describe the same experiment.

@@ -16,13 +16,13 @@ from typing import Callable
 import torch
 from scipy import fft
 
-from .checks import check_finite, check_positive_int
+from ..core.checks import check_finite, check_positive_int
 from .figure2 import cfg_samples
-from .gmm import GaussianMixture
+from .mixture import GaussianMixture
 from .grid import Grid2D, HistogramTV, tilted_densities
-from .guidance import EpsModel, guided
-from .schedule import alpha_sigma
-from .tensors import make_generator
+from ..core.guidance import EpsModel, guided
+from ..core.schedule import alpha_sigma
+from ..core.tensors import make_generator
 
 Field = Callable[[torch.Tensor], torch.Tensor]
 
@@ -336,7 +336,7 @@ def plot_helmholtz(split: HelmholtzHodge, title: str = ""):
 def projection_sampling(eps_model: EpsModel, mixture: GaussianMixture, w: float, *, samples_per_class: int = 2000,
                         steps: int = 64, v: float = 0.3, grid: Grid2D = Grid2D(5.0, 48), seed: int = 0) -> dict:
     """CFG samples (K, n, 2) with Algorithm 2 from the raw guided field and from its conservative projection
-    (the same noise for both), with the mean TV of each to the tilted targets π_w(x|c) (see cfgedu.figure2)."""
+    (the same noise for both), with the mean TV of each to the tilted targets π_w(x|c) (see cfgedu.toy.figure2)."""
     model, K = as_float64(eps_model), mixture.num_classes
     projected = ConservativeProjection(guided(model, w, K), grid, K)
     settings = {"steps": steps, "v": v, "dtype": torch.float64}

@@ -19,10 +19,10 @@ import math
 
 import torch
 
-from .checks import check_finite, check_labels
-from .gmm import GaussianMixture
+from ..core.checks import check_finite, check_labels
+from .mixture import GaussianMixture
 from .grid import Grid2D, mix, tilted_densities
-from .schedule import LogSNRSchedule, alpha_sigma
+from ..core.schedule import LogSNRSchedule, alpha_sigma
 
 
 class IdealTiltedModel:

@@ -7,12 +7,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .checks import check_finite, check_positive_int
-from .gmm import GaussianMixture
+from ..core.checks import check_finite, check_positive_int
+from .mixture import GaussianMixture
 from .grid import Grid2D, HistogramTV, mix, moments, tilted_densities, tv_between
-from .guidance import EpsModel, guided
-from .samplers import sample
-from .tensors import make_generator
+from ..core.guidance import EpsModel, guided
+from ..core.samplers import sample
+from ..core.tensors import make_generator
 
 
 @dataclass
@@ -90,7 +90,7 @@ def plot_figure2(result: Figure2, display_bins: int = 128):
     Further rows: histograms of CFG samples from each sampler, annotated with the mean TV to the target."""
     import matplotlib.pyplot as plt
 
-    from .plotting import density_image, sample_histogram
+    from ..frontend.plotting import density_image, sample_histogram
 
     names = list(result.panels[0].samples)
     fig, axes = plt.subplots(1 + len(names), len(result.panels), figsize=(3.2 * len(result.panels), 3.2 * (1 + len(names))),

@@ -1,7 +1,7 @@
 """The guidance trade-off on the toy: the paper's Tables 1-2 in miniature, and what CFG really samples.
 
 Sweeps w (and p_uncond for learned MLPs, and the number of steps T) and measures each sample set with
-cfgedu.metrics: the Fréchet distance to the data (the FID axis), the Inception score with the exact Bayes
+cfgedu.toy.metrics: the Fréchet distance to the data (the FID axis), the Inception score with the exact Bayes
 posterior and with a logistic regression (the IS axis), k-NN precision/recall, and the TV distance to the
 tilted target π_w(x|c) ∝ p(x|c)p(c|x)^w with its sampling-noise floor (SPEC Sec. 6). Exact-ε* rows add
 samplers the paper does not try: ancestral at v = 0 / 0.3 / 1, DDIM, the ideal tilted sampler, MALA
@@ -20,18 +20,18 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from .checks import check_positive_int
+from ..core.checks import check_positive_int
 from .correctors import LangevinCorrector
-from .gmm import GaussianMixture
+from .mixture import GaussianMixture
 from .grid import Grid2D, HistogramTV, sample_from_grid, tilted_densities
-from .guidance import EpsModel, guided, interval_weight
+from ..core.guidance import EpsModel, guided, interval_weight
 from .ideal import IdealTiltedModel
-from .io import atomic_savefig, atomic_write_json, atomic_write_text
+from ..core.io import atomic_savefig, atomic_write_json, atomic_write_text
 from .metrics import (bayes_inception_score, fit_logistic_classifier, frechet_per_class, frechet_pooled, kl_to_grid,
                       knn_entropy, logistic_inception_score, mmd2_rbf, precision_recall, radial_distances)
-from .samplers import sample
-from .schedule import LogSNRSchedule
-from .tensors import make_generator
+from ..core.samplers import sample
+from ..core.schedule import LogSNRSchedule
+from ..core.tensors import make_generator
 
 COLUMNS = ("model", "sampler", "p_uncond", "T", "w", "fd", "is_bayes", "is_logreg", "precision", "recall",
            "tv_to_target", "tv_noise_floor", "fd_class", "kl_to_target", "mmd2", "entropy", "corrector_steps",
@@ -261,8 +261,8 @@ def learned_models(out: Path, config: SweepConfig, progress: bool = True) -> dic
     out/models/p_uncond=P/ when a run with the same steps and seed is there."""
     import json
 
-    from .nets import load_model
-    from .toy import write_toy_run
+    from ..nets.registry import load_model
+    from .learned import write_toy_run
 
     models = {}
     for p in config.p_unconds:

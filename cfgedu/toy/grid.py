@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .checks import check_finite, check_positive_int
-from .gmm import GaussianMixture
+from ..core.checks import check_finite, check_positive_int
+from .mixture import GaussianMixture
 
 
 @dataclass(frozen=True)

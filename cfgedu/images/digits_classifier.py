@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .io import atomic_torch_save, safe_torch_load
+from ..core.io import atomic_torch_save, safe_torch_load
 
 CACHE_VERSION = 1
 
@@ -67,7 +67,7 @@ def random_shift(x: torch.Tensor, shift: int, generator: torch.Generator) -> tor
 
 def train_classifier(config: ClassifierConfig = ClassifierConfig(), progress: bool = True) -> tuple[DigitsClassifier, float]:
     """Adam on cross-entropy over the training split; returns the model (eval mode) and its validation accuracy."""
-    from .data.digits import load_digits_split
+    from ..data.digits import load_digits_split
 
     x, c = load_digits_split("train", config.image_size)
     generator = torch.Generator().manual_seed(config.seed)
@@ -90,7 +90,7 @@ def train_classifier(config: ClassifierConfig = ClassifierConfig(), progress: bo
 
 @torch.no_grad()
 def validation_accuracy(model: DigitsClassifier) -> float:
-    from .data.digits import load_digits_split
+    from ..data.digits import load_digits_split
 
     x, c = load_digits_split("val", model.config.image_size)
     return (model(x)[1].argmax(1) == c).double().mean().item()
@@ -133,8 +133,8 @@ def digits_features(config: ClassifierConfig = ClassifierConfig(), batch_size: i
 def digits_protocol(image_size: int = 16):
     """The toy-scale FID/IS protocol: the cached CNN's features, the validation split as FID reference and the
     training split as the pool of the real-data floor."""
-    from .data.digits import load_digits_split
-    from .image_eval import EvalProtocol
+    from ..data.digits import load_digits_split
+    from .evaluation import EvalProtocol
 
     return EvalProtocol(digits_features(ClassifierConfig(image_size=image_size)),
                         load_digits_split("val", image_size)[0], load_digits_split("train", image_size)[0], 10)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from .checks import check_batch, check_labels
-from .parameterization import x_to_eps
-from .schedule import alpha_sigma
+from ..core.checks import check_batch, check_labels
+from ..core.parameterization import x_to_eps
+from ..core.schedule import alpha_sigma
 
 
 class EmpiricalScore:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .grid import Grid2D
+from ..toy.grid import Grid2D
 
 
 def _bare(ax, title: str | None):

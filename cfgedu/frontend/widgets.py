@@ -24,12 +24,12 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .gmm import GaussianMixture
-from .grid import Grid2D, mix, normalize
-from .guidance import scale_from_w
+from ..toy.mixture import GaussianMixture
+from ..toy.grid import Grid2D, mix, normalize
+from ..core.guidance import scale_from_w
 from .plotting import density_image
-from .schedule import alpha_sigma, q_sample
-from .tensors import make_generator
+from ..core.schedule import alpha_sigma, q_sample
+from ..core.tensors import make_generator
 
 
 def guidance_label(w: float) -> str:
@@ -307,7 +307,7 @@ class SampleGridWidget(SliderPanel):
 
     def __init__(self, model, classes: list[int], per_class: int = 4, *, steps: int = 32, v: float = 0.3,
                  seed: int = 0, w: float = 0.3, high: float = 4.0):
-        from .image_sampling import image_grid
+        from ..images.sampling import image_grid
 
         self.model, self.settings = model, {"steps": steps, "v": v, "seed": seed}
         self.labels = torch.as_tensor(classes).repeat_interleave(per_class)  # (rows·per_class,)
@@ -322,7 +322,7 @@ class SampleGridWidget(SliderPanel):
 
     def samples(self, w: float):
         """The grid of samples at guidance strength w, (rows·H, cols·W[, 3]) in [0, 1]."""
-        from .image_sampling import image_grid, sample_images
+        from ..images.sampling import image_grid, sample_images
 
         return image_grid(sample_images(self.model, self.labels, w, clip_x=1.0, **self.settings), self.rows)
 
@@ -335,7 +335,7 @@ class SampleGridWidget(SliderPanel):
 # ---- notebooks 02 and 03: learned toy scores, the loss as it comes, and the non-conservative CFG field ----
 
 class LossCurve:
-    """An `on_log` callback for cfgedu.training.train that plots the loss as the records arrive (in place)."""
+    """An `on_log` callback for cfgedu.engine.loop.train that plots the loss as the records arrive (in place)."""
 
     def __init__(self, title: str = "Algorithm 1 loss (ε-MSE)"):
         self.view = FigureView(1, panel_inches=3.4)
@@ -364,7 +364,7 @@ class CFGFieldWidget(SliderPanel):
 
     def __init__(self, eps_model, mixture: GaussianMixture, grid: Grid2D | None = None, w: float = 3.0,
                  lam: float = 0.0, c: int = 0, arrows: int = 15):
-        from .fields import as_float64
+        from ..toy.fields import as_float64
 
         self.model, self.mixture, self.c = as_float64(eps_model), mixture, c
         self.grid = grid or Grid2D(3.0, 48)
@@ -394,7 +394,7 @@ class CFGFieldWidget(SliderPanel):
         return (values[:, 0] * longest).numpy(), (values[:, 1] * longest).numpy()
 
     def update(self) -> None:
-        from .fields import cfg_field, curl_from_jacobian, implicit_classifier_gradient, jacobian, relative_curl
+        from ..toy.fields import cfg_field, curl_from_jacobian, implicit_classifier_gradient, jacobian, relative_curl
 
         w, lam = self.sliders["w"].value, self.sliders["λ"].value
         field = cfg_field(self.model, lam, self.c, w, self.mixture.num_classes)
@@ -417,7 +417,7 @@ class CFGFieldWidget(SliderPanel):
 
 
 def _untrained_toy_mlp():
-    from .nets import build_model
+    from ..nets.registry import build_model
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -433,11 +433,11 @@ BENCHMARKS["learned CFG field curl (toy MLP)"] = lambda: CFGFieldWidget(_untrain
 class SampleGridSlider(SliderPanel):
     """A class-by-row grid of image samples for each precomputed w; the w slider snaps to the nearest one.
 
-    samples: {w: images (rows·cols, C, H, W) in [−1, 1]}, row k holding class k (cfgedu.image_sampling).
+    samples: {w: images (rows·cols, C, H, W) in [−1, 1]}, row k holding class k (cfgedu.images.sampling).
     """
 
     def __init__(self, samples: dict[float, torch.Tensor], rows: int):
-        from .image_sampling import image_grid
+        from ..images.sampling import image_grid
 
         if not samples:
             raise ValueError("SampleGridSlider needs samples for at least one w")
@@ -478,7 +478,7 @@ class GuidanceIntervalWidget(SliderPanel):
 
     def __init__(self, mixture: GaussianMixture, w: float = 3.0, interval: tuple[float, float] = (-20.0, 20.0),
                  per_class: int = 400, steps: int = 24, bins: int = 48, seed: int = 0):
-        from .grid import HistogramTV, tilted_densities
+        from ..toy.grid import HistogramTV, tilted_densities
 
         self.mixture, self.per_class, self.steps, self.seed = mixture, per_class, steps, seed
         self.grid = Grid2D.covering(mixture, n=bins * 4)
@@ -502,15 +502,15 @@ class GuidanceIntervalWidget(SliderPanel):
 
     def samples(self, w: float, low: float, high: float) -> torch.Tensor:
         """(K, N, 2) CFG samples with guidance w on [low, high] and none outside."""
-        from .guidance import interval_weight
-        from .tradeoff import SAMPLERS, draw
+        from ..core.guidance import interval_weight
+        from ..toy.tradeoff import SAMPLERS, draw
 
         weight = interval_weight(w, low, high) if low < high else 0.0
         return draw(self.mixture, self.mixture.num_classes, weight, self.per_class, self.steps,
                     SAMPLERS["ancestral-v0.3"], self.seed)
 
     def update(self) -> None:
-        from .metrics import bayes_inception_score, frechet_pooled
+        from ..toy.metrics import bayes_inception_score, frechet_pooled
         from .plotting import histogram_density
 
         w, (low, high) = self.sliders["w"].value, self.sliders["interval"].value

@@ -13,8 +13,8 @@ from typing import Callable
 
 import torch
 
-from .checks import check_positive_int
-from .gmm import GaussianMixture
+from ..core.checks import check_positive_int
+from .mixture import GaussianMixture
 from .grid import HistogramTV
 
 

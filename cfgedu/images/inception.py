@@ -29,9 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checks import check_positive_int
-from .io import atomic_write
-from .metrics import frechet_gaussians, inception_score
+from ..core.checks import check_positive_int
+from ..core.io import atomic_write
+from ..toy.metrics import frechet_gaussians, inception_score
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"
@@ -294,7 +294,7 @@ def reference_stats_from_data(root: Path, extractor: Extractor, *, split: str = 
     """
     from tqdm.auto import tqdm
 
-    from .data.imagenet64 import load_split
+    from ..data.imagenet64 import load_split
 
     rank, world_size = _distributed()
     images, _ = load_split(root, split)
@@ -326,9 +326,9 @@ def guided_generator(model: nn.Module, w: float, *, steps: int = 256, v: float =
                      seed: int = 0) -> Callable[[torch.Tensor], torch.Tensor]:
     """generate(labels) -> uint8 images: Algorithm 2 with CFG strength w (s = 1 + w) on the model's device,
     x̂ clipped to [-1, 1] as in ADM. Batch k on a rank uses the seed (seed, rank, k), the same for every w."""
-    from .data.imagenet64 import to_uint8
-    from .image_sampling import sample_images
-    from .training import derive_seed
+    from ..data.imagenet64 import to_uint8
+    from .sampling import sample_images
+    from ..engine.loop import derive_seed
 
     rank, _ = _distributed()
     batches = iter(range(1 << 62))
@@ -366,7 +366,7 @@ def table1_markdown(rows: list[dict], p_uncond: float = 0.1) -> str:
 
 def _join_processes() -> torch.device:
     """This process's device; under torchrun (WORLD_SIZE > 1) also joins the process group (NCCL or gloo)."""
-    from .training import join_process_group
+    from ..engine.loop import join_process_group
 
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if torch.cuda.is_available() else \
         torch.device("cpu")
@@ -399,7 +399,7 @@ def evaluate_run(run: Path, ws: list[float], n: int = 50_000, *, inception: str 
     prepared training data (`data`, by default the folder the run trained on). Under torchrun each
     process takes its share of the samples.
     """
-    from .training import load_checkpoint_model
+    from ..engine.loop import load_checkpoint_model
 
     run = Path(run).parent if Path(run).suffix == ".pt" else Path(run)  # the folder or its checkpoint.pt
     device, inception_features = _join_processes(), extractor is None
@@ -422,7 +422,7 @@ def evaluate_run(run: Path, ws: list[float], n: int = 50_000, *, inception: str 
 
 def write_evaluation(result: dict, out: Path, checkpoint: Path) -> str:
     """Write OUT/eval.json and OUT/eval.md (the Table-1-shaped table) on rank 0; return the table."""
-    from .io import atomic_write_json, atomic_write_text
+    from ..core.io import atomic_write_json, atomic_write_text
 
     if _distributed()[0] == 0:
         out = Path(out)

@@ -12,9 +12,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .checks import check_positive_int
-from .metrics import frechet_gaussians, gaussian_fit
-from .metrics import inception_score as metrics_inception_score
+from ..core.checks import check_positive_int
+from ..toy.metrics import frechet_gaussians, gaussian_fit
+from ..toy.metrics import inception_score as metrics_inception_score
 
 FeatureExtractor = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -32,7 +32,7 @@ class GaussianStats:
 
 
 def frechet_distance(a: GaussianStats, b: GaussianStats) -> float:
-    """FID = ‖m_a − m_b‖² + tr(C_a + C_b − 2 (C_a^½ C_b C_a^½)^½) (cfgedu.metrics, shared with the 2D toy)."""
+    """FID = ‖m_a − m_b‖² + tr(C_a + C_b − 2 (C_a^½ C_b C_a^½)^½) (cfgedu.toy.metrics, shared with the 2D toy)."""
     return frechet_gaussians(a.mean, a.cov, b.mean, b.cov)
 
 
@@ -122,7 +122,7 @@ def evaluate_guidance(model: torch.nn.Module, ws: list[float], protocol: EvalPro
     """
     from tqdm.auto import tqdm
 
-    from .image_sampling import class_labels, sample_images
+    from .sampling import class_labels, sample_images
 
     if model.num_classes != protocol.num_classes:
         raise ValueError(f"the model has {model.num_classes} classes but the protocol {protocol.num_classes}")

@@ -1,0 +1,186 @@
+"""Networks that satisfy the eps_model contract `model(z, lam, c) -> eps`, and their saved form.
+
+Every cfgedu network is an nn.Module with `num_classes` (the null label) and `config`, a frozen
+dataclass from which it can be rebuilt. A saved model is {"kind", "config", "state_dict"}: plain
+tensors and builtins, so it loads with torch.load(weights_only=True). A loaded record is checked before a
+network is built: config keys and types against the Config dataclass, then every weight's shape against a
+network built on the meta device (no memory), so a hand-edited file is one line naming the file and the key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import reprlib
+import types
+import typing
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch.nn.modules.module import register_module_parameter_registration_hook
+
+from ..core.io import atomic_torch_save, safe_torch_load
+
+# kind -> "module:class"; the class has a `Config` dataclass type and takes it as its only argument.
+MODEL_KINDS: dict[str, str] = {
+    "unet": "cfgedu.nets.unet:UNet",
+    "mlp": "cfgedu.nets.mlp:EpsMLP",
+    "energy": "cfgedu.nets.mlp:EnergyMLP",
+}
+MODEL_ENTRIES = ("kind", "config", "state_dict")
+
+
+def _model_class(kind: str):
+    if not isinstance(kind, str) or kind not in MODEL_KINDS:
+        raise ValueError(f"unknown model kind {kind!r}; known kinds: {', '.join(sorted(MODEL_KINDS)) or 'none'}")
+    module_name, class_name = MODEL_KINDS[kind].split(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def build_model(kind: str, config: dict) -> torch.nn.Module:
+    """A fresh network of `kind` from a config dict (as saved beside its weights)."""
+    cls = _model_class(kind)
+    return cls(cls.Config(**config))
+
+
+def model_record(model: torch.nn.Module, kind: str, state_dict: dict | None = None) -> dict:
+    """The saved form of a network: kind, config and (by default its own) weights."""
+    return {"kind": kind, "config": dataclasses.asdict(model.config),
+            "state_dict": state_dict if state_dict is not None else model.state_dict()}
+
+
+def save_model(path: Path, model: torch.nn.Module, kind: str, state_dict: dict | None = None) -> Path:
+    """Write model_record(...) atomically to `path`."""
+    return atomic_torch_save(model_record(model, kind, state_dict), path)
+
+
+def load_model(path: Path, expected_kinds: tuple[str, ...] | None = None, map_location="cpu") -> torch.nn.Module:
+    """Rebuild a saved network in eval mode; clear errors for missing, corrupt, foreign or hand-edited files."""
+    record = check_entries(safe_torch_load(path, map_location), MODEL_ENTRIES, path, "cfgedu model file")
+    if expected_kinds and record["kind"] not in expected_kinds:
+        raise ValueError(f"{path} holds a {record['kind']!r} model; this command needs one of {', '.join(expected_kinds)}")
+    return rebuild_model(record, path)
+
+
+# ---------------------------------------------------------------------------------------------- checking saved files
+
+
+def check_entries(record, keys: tuple[str, ...], path: Path, what: str, where: str = "") -> dict:
+    """`record` itself when it is a dict holding every one of `keys`; else a ValueError naming the file and the key.
+
+    `where` prefixes the key in the message ("model." for the network record inside a training checkpoint)."""
+    if not isinstance(record, dict):
+        raise ValueError(f"{path} is not a {what}: {where.rstrip('.') or 'it'} is a {type(record).__name__}, not a "
+                         f"dict with keys {', '.join(keys)}")
+    missing = [key for key in keys if key not in record]
+    if missing:
+        raise ValueError(f"{path} is not a {what}: it has no {where + missing[0]!r} entry (expected "
+                         f"{', '.join(where + key for key in keys)})")
+    return record
+
+
+def _fits(value, annotation) -> bool:
+    """Whether a saved value has a config field's type: int, float (an int will do), bool, str, X | None or
+    tuple[X, ...] / tuple[X, Y] (a list will do: JSON has no tuples)."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, arg) for arg in args)
+    if origin is tuple:
+        if not isinstance(value, (tuple, list)):
+            return False
+        kinds = [args[0]] * len(value) if len(args) == 2 and args[1] is Ellipsis else list(args)
+        return len(kinds) == len(value) and all(map(_fits, value, kinds))
+    if annotation in (int, float):
+        return isinstance(value, int if annotation is int else (int, float)) and not isinstance(value, bool)
+    return isinstance(value, annotation)
+
+
+def _type_name(annotation) -> str:
+    return annotation.__name__ if isinstance(annotation, type) else str(annotation).replace("typing.", "")
+
+
+def saved_config(config_cls: type, values, path: Path):
+    """config_cls(**values), refusing unknown keys, missing required keys and values of the wrong type first;
+    every problem (the Config's own checks included) is a ValueError naming the file and the key."""
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: the saved config is a {type(values).__name__}, not a dict of {config_cls.__name__} "
+                         f"fields")
+    fields, hints = {f.name: f for f in dataclasses.fields(config_cls)}, typing.get_type_hints(config_cls)
+    for key, value in values.items():
+        if key not in fields:
+            raise ValueError(f"{path}: unknown config key {reprlib.repr(key)} for a {config_cls.__name__} (known: "
+                             f"{', '.join(fields)})")
+        if not _fits(value, hints[key]):
+            raise ValueError(f"{path}: config key {key!r} must be {_type_name(hints[key])}, got {reprlib.repr(value)}")
+    required = [name for name, f in fields.items()
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [name for name in required if name not in values]
+    if missing:
+        raise ValueError(f"{path}: the saved config has no {missing[0]!r} key, which a {config_cls.__name__} needs")
+    try:
+        return config_cls(**values)
+    except ValueError as error:  # the Config's own __post_init__ checks, which name the key
+        raise ValueError(f"{path}: bad saved config: {error}") from None
+
+
+def _state_dict(state, path: Path, key: str) -> dict:
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: {key!r} is a {type(state).__name__}, not a state dict of tensors")
+    return state
+
+
+def check_state_dict(state, like: torch.nn.Module, path: Path, key: str) -> None:
+    """`state` must hold exactly the entries of like.state_dict(), each a tensor of its shape and dtype (`like` may
+    live on the meta device); else a ValueError naming the file, `key` and the entry."""
+    state, expected = _state_dict(state, path, key), like.state_dict()
+    missing, unknown = expected.keys() - state.keys(), state.keys() - expected.keys()
+    if missing or unknown:
+        name = min(map(str, missing or unknown))
+        raise ValueError(f"{path}: {key!r} {'lacks the' if missing else 'has an unknown'} entry {reprlib.repr(name)} "
+                         f"({len(missing)} missing, {len(unknown)} unknown) for the network its config describes")
+    for name, tensor in expected.items():
+        value = state[name]
+        if not isinstance(value, torch.Tensor) or (value.shape, value.dtype) != (tensor.shape, tensor.dtype):
+            got = f"{value.dtype} {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
+            raise ValueError(f"{path}: {key!r} entry {name!r} is {got}, but the saved config describes a "
+                             f"{tensor.dtype} tensor of shape {tuple(tensor.shape)}")
+
+
+@contextmanager
+def _few_parameters(saved: int, path: Path):
+    """Stop a network build (ValueError) once it registers far more parameters (2·saved + 64) than the `saved`
+    tensors: such a config cannot fit its weights, and a huge depth would take hours even on the meta device.
+    A config a few entries off is left to check_state_dict, which names the entry."""
+    count = 0
+
+    def count_one(module, name, param):
+        nonlocal count
+        count += 1
+        if count > 2 * saved + 64:
+            raise ValueError(f"{path}: the saved config describes a network with far more parameters than the "
+                             f"{saved} tensors saved with it")
+
+    handle = register_module_parameter_registration_hook(count_one)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def rebuild_model(record: dict, path: Path, weights: str = "state_dict") -> torch.nn.Module:
+    """The network of a saved record {"kind", "config", weights: its state dict}, in eval mode.
+
+    Config and weights are checked against a network built on the meta device before any real memory is
+    allocated; every problem is a one-line ValueError naming `path` and the key."""
+    check_entries(record, ("kind", "config", weights), path, "saved cfgedu network")
+    try:
+        cls = _model_class(record["kind"])
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+    config, state = saved_config(cls.Config, record["config"], path), _state_dict(record[weights], path, weights)
+    with _few_parameters(len(state), path), torch.device("meta"):
+        skeleton = cls(config)
+    check_state_dict(state, skeleton, path, weights)
+    model = cls(config)
+    model.load_state_dict(state)
+    return model.eval()
