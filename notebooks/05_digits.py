@@ -45,13 +45,13 @@ import matplotlib.pyplot as plt
 import torch
 
 from cfgedu.images.digits_classifier import digits_protocol, load_classifier, validation_accuracy
-from cfgedu.engine.config import preset
+from cfgedu.engine.presets import preset
 from cfgedu.data.digits import load_digits_split
 from cfgedu.images.inception import PAPER_TABLE1
 from cfgedu.engine.flops import describe_experiment
 from cfgedu.images.evaluation import evaluate_guidance, markdown_table
 from cfgedu.images.sampling import class_labels, image_grid
-from cfgedu.engine.loop import train_experiment
+from cfgedu.engine.experiment import train_experiment
 
 out_root = Path(RUN_DIR) if RUN_DIR else Path(tempfile.mkdtemp(prefix="cfgedu_digits_"))
 

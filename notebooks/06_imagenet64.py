@@ -55,7 +55,9 @@ from IPython.display import Markdown, display
 
 from cfgedu.images import inception as fidelity
 from cfgedu.data import imagenet64 as inet
-from cfgedu.engine.loop import load_checkpoint_model
+from cfgedu.engine import launch
+from cfgedu.data import imagenet64_convert as convert
+from cfgedu.engine.runs import load_checkpoint_model
 from cfgedu.images.sampling import image_grid
 from cfgedu.frontend.widgets import SampleGridWidget
 
@@ -70,8 +72,8 @@ from cfgedu.frontend.widgets import SampleGridWidget
 
 # %%
 if FAST:
-    inet.write_synthetic_batches(WORK / "src", num_train=64, num_val=16, classes_shown=8)
-    inet.convert_pickles(WORK / "src", DATA, progress=False)
+    convert.write_synthetic_batches(WORK / "src", num_train=64, num_val=16, classes_shown=8)
+    convert.convert_pickles(WORK / "src", DATA, progress=False)
 images, labels = inet.load_split(DATA, "train")
 manifest = inet.read_manifest(DATA)
 print({key: manifest[key] for key in ("source", "label_order", "num_classes", "splits")})
@@ -94,8 +96,8 @@ assert isinstance(images, np.memmap) and 0 <= labels.min() and labels.max() < ma
 # again resumes from `OUT/checkpoint.pt`.
 
 # %%
-print(shlex.join(inet.launch_command("data/imagenet64", "runs/in64", nproc_per_node=8)))
-print(shlex.join(inet.launch_command("data/imagenet64", "runs/in64", nproc_per_node=8, nnodes=4, node_rank=1,
+print(shlex.join(launch.launch_command("data/imagenet64", "runs/in64", nproc_per_node=8)))
+print(shlex.join(launch.launch_command("data/imagenet64", "runs/in64", nproc_per_node=8, nnodes=4, node_rank=1,
                                      master_addr="node0.example.org")))
 
 # %% [markdown]
@@ -106,8 +108,8 @@ print(shlex.join(inet.launch_command("data/imagenet64", "runs/in64", nproc_per_n
 
 # %%
 gpus = torch.cuda.device_count()
-command = inet.launch_command(DATA, RUN, nproc_per_node=max(gpus, 1), overrides=inet.TINY_OVERRIDES if FAST else {},
-                              launcher=(sys.executable, "-m", "torch.distributed.run"))
+command = launch.launch_command(DATA, RUN, nproc_per_node=max(gpus, 1), preset="imagenet64-tiny" if FAST else "imagenet64",
+                                launcher=(sys.executable, "-m", "torch.distributed.run"))
 print(shlex.join(command))
 RUN.mkdir(parents=True, exist_ok=True)
 process = subprocess.Popen(command + ["--no-progress"], stdout=open(RUN / "stdout.txt", "w"), stderr=subprocess.STDOUT)
@@ -120,7 +122,7 @@ handle = display(fig, display_id=True)
 records, offset, began = [], 0, time.time()
 while True:
     running = process.poll() is None
-    new, offset = inet.read_new_metrics(RUN / "metrics.jsonl", offset)
+    new, offset = launch.read_new_metrics(RUN / "metrics.jsonl", offset)
     records += new
     if new:
         line.set_data([r["step"] for r in records], [r["loss"] for r in records])

@@ -9,11 +9,13 @@ import pytest
 import torch
 from torch.nn.modules.module import register_module_parameter_registration_hook
 
-from cfgedu.engine.config import MixtureSamples
-from cfgedu.nets.registry import load_model, save_model, saved_config
+from cfgedu.data.toy import MixtureSamples
+from cfgedu.nets.registry import load_model, save_model, config_from_dict
 from cfgedu.nets.mlp import EpsMLP, MLPConfig
 from cfgedu.nets.unet import UNetConfig
-from cfgedu.engine.loop import CHECKPOINT, METRICS, TrainConfig, load_checkpoint_model, train
+from cfgedu.engine.runs import CHECKPOINT, METRICS, load_checkpoint_model
+from cfgedu.engine.config import TrainConfig
+from cfgedu.engine.loop import train
 
 SMALL = MLPConfig(num_classes=3, width=16, depth=2, class_dim=4)  # trunk.0.weight: (16, 2 + 1 + 2·4 + 4)
 
@@ -114,12 +116,12 @@ class Needs:
 
 def test_saved_configs_are_typed_like_their_dataclass(tmp_path):
     path = tmp_path / "x.pt"
-    assert "the saved config has no 'size' key, which a Needs needs" in refusal(lambda: saved_config(Needs, {}, path),
+    assert "the saved config has no 'size' key, which a Needs needs" in refusal(lambda: config_from_dict(Needs, {}, path),
                                                                                 path)
-    assert saved_config(Needs, {"size": 2, "scale": 3}, path) == Needs(2, 3.0)  # an int will do for a float
-    assert saved_config(UNetConfig, {"channel_mult": [1, 2]}, path).channel_mult == (1, 2)  # JSON gives lists
+    assert config_from_dict(Needs, {"size": 2, "scale": 3}, path) == Needs(2, 3.0)  # an int will do for a float
+    assert config_from_dict(UNetConfig, {"channel_mult": [1, 2]}, path).channel_mult == (1, 2)  # JSON gives lists
     assert "config key 'channel_mult' must be tuple[int, ...], got [1, '2']" in refusal(
-        lambda: saved_config(UNetConfig, {"channel_mult": [1, "2"]}, path), path)
+        lambda: config_from_dict(UNetConfig, {"channel_mult": [1, "2"]}, path), path)
 
 
 # ---------------------------------------------------------------------------------------------- training checkpoints

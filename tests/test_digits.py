@@ -21,8 +21,9 @@ TINY = UNetConfig(image_size=16, in_channels=1, num_classes=10, model_channels=8
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """A tiny U-Net trained for 3 steps on digits by the engine: a real checkpoint folder."""
-    from cfgedu.engine.config import Experiment
-    from cfgedu.engine.loop import TrainConfig, train_experiment
+    from cfgedu.engine.experiment import Experiment
+    from cfgedu.engine.config import TrainConfig
+    from cfgedu.engine.experiment import train_experiment
 
     out = tmp_path_factory.mktemp("digits_run")
     experiment = Experiment("unet", TINY, DigitsData(16), TrainConfig(steps=3, batch_size=8, lr=1e-3, ema_decay=0.5))
@@ -105,7 +106,7 @@ def test_grid_rows_are_classes():
 
 
 def test_sampler_doubled_batch_equals_two_separate_passes(run_dir):
-    from cfgedu.engine.loop import load_checkpoint_model
+    from cfgedu.engine.runs import load_checkpoint_model
 
     model = load_checkpoint_model(run_dir)
     with torch.no_grad():
@@ -127,7 +128,7 @@ def test_sampler_doubled_batch_equals_two_separate_passes(run_dir):
 
 
 def test_evaluate_guidance_with_a_pluggable_extractor(run_dir):
-    from cfgedu.engine.loop import load_checkpoint_model
+    from cfgedu.engine.runs import load_checkpoint_model
 
     def moments(images):  # a deterministic toy extractor: features = mean and std, logits favour class 0
         flat = images.flatten(1)

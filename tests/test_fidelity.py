@@ -241,9 +241,10 @@ def test_two_gloo_ranks_pool_to_the_single_process_numbers(tmp_path):
 
 def test_reference_statistics_of_prepared_data(tmp_path):
     from cfgedu.data import imagenet64 as inet
+    from cfgedu.data import imagenet64_convert as convert
 
-    inet.write_synthetic_batches(tmp_path / "src", num_train=12, num_val=2)
-    inet.convert_pickles(tmp_path / "src", tmp_path / "data", progress=False)
+    convert.write_synthetic_batches(tmp_path / "src", num_train=12, num_val=2)
+    convert.convert_pickles(tmp_path / "src", tmp_path / "data", progress=False)
     extractor = fidelity.StandInExtractor(feature_dim=5)
     images, _ = inet.load_split(tmp_path / "data")
     direct = fidelity.FeatureStats().update(extractor(torch.from_numpy(np.array(images[:10])))[0])

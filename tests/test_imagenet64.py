@@ -15,6 +15,8 @@ from PIL import Image
 
 from cfgedu.images import inception as fidelity
 from cfgedu.data import imagenet64 as inet
+from cfgedu.engine import launch
+from cfgedu.data import imagenet64_convert as convert
 
 
 def write_batch(path, images, labels, protocol=2, mean=True):
@@ -42,16 +44,16 @@ def official(tmp_path):
 def test_channel_planar_rows_are_r_then_g_then_b(tmp_path):
     image = np.zeros((1, 3, 64, 64), dtype=np.uint8)
     image[0, 0, 0, 1], image[0, 1, 2, 0], image[0, 2, 63, 63] = 10, 20, 30  # R at (0,1), G at (2,0), B at (63,63)
-    row = np.zeros(inet.ROW_BYTES, dtype=np.uint8)
+    row = np.zeros(convert.ROW_BYTES, dtype=np.uint8)
     row[1], row[4096 + 2 * 64], row[2 * 4096 + 63 * 64 + 63] = 10, 20, 30
     (tmp_path / "b").write_bytes(pickle.dumps({"data": row[None], "labels": [1]}))
-    images, labels = inet.read_batch(tmp_path / "b")
+    images, labels = convert.read_batch(tmp_path / "b")
     assert np.array_equal(images, image) and labels.tolist() == [0]
 
 
 def test_convert_pickles_keeps_pixels_and_shifts_labels(official, tmp_path):
     src, images, labels = official
-    manifest = inet.convert_pickles(src, tmp_path / "out", progress=False)
+    manifest = convert.convert_pickles(src, tmp_path / "out", progress=False)
     assert manifest["splits"] == {"train": 6, "val": 1} and manifest["label_order"] == "map_clsloc"
     train = np.load(tmp_path / "out" / "train_images.npy", mmap_mode="r")
     assert isinstance(train, np.memmap) and train.dtype == np.uint8
@@ -66,7 +68,7 @@ def test_sorted_wnid_remap(official, tmp_path):
     src, _, labels = official
     wnids = [f"n{(7 * k) % 1000:08d}" for k in range(1000)]  # distinct ids, not in sorted order
     (tmp_path / "map_clsloc.txt").write_text("".join(f"{w} {k + 1} name_{k}\n" for k, w in enumerate(wnids)))
-    inet.convert_pickles(src, tmp_path / "out", map_clsloc=tmp_path / "map_clsloc.txt", progress=False)
+    convert.convert_pickles(src, tmp_path / "out", map_clsloc=tmp_path / "map_clsloc.txt", progress=False)
     stored = np.load(tmp_path / "out" / "train_labels.npy")
     expected = [sorted(wnids).index(wnids[c]) for c in labels[:6]]
     assert stored.tolist() == expected and read_order(tmp_path / "out") == "sorted_wnid"
@@ -88,11 +90,11 @@ class Payload:
 
 def test_malicious_pickle_is_refused_without_running(tmp_path):
     marker = tmp_path / "pwned"
-    evil = {"data": np.zeros((1, inet.ROW_BYTES), np.uint8), "labels": [1], "mean": Payload(marker)}
+    evil = {"data": np.zeros((1, convert.ROW_BYTES), np.uint8), "labels": [1], "mean": Payload(marker)}
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "train_data_batch_1").write_bytes(pickle.dumps(evil))
     with pytest.raises(ValueError, match="refusing to load (posix|os).system"):
-        inet.convert_pickles(tmp_path / "src", tmp_path / "out", progress=False)
+        convert.convert_pickles(tmp_path / "src", tmp_path / "out", progress=False)
     assert not marker.exists()
     # Sanity check that the payload is live: an unrestricted load would have run it.
     pickle.loads((tmp_path / "src" / "train_data_batch_1").read_bytes())
@@ -104,36 +106,36 @@ def test_truncated_and_malformed_batches_give_clear_errors(official, tmp_path):
     blob = (src / "train_data_batch_1").read_bytes()
     (tmp_path / "truncated").write_bytes(blob[: len(blob) // 2])
     with pytest.raises(ValueError, match="truncated or corrupted"):
-        inet.read_batch(tmp_path / "truncated")
+        convert.read_batch(tmp_path / "truncated")
     (tmp_path / "wrong").write_bytes(pickle.dumps({"data": np.zeros((2, 100), np.uint8), "labels": [1, 2]}))
     with pytest.raises(ValueError, match="rows of 12288 bytes"):
-        inet.read_batch(tmp_path / "wrong")
-    (tmp_path / "labels").write_bytes(pickle.dumps({"data": np.zeros((1, inet.ROW_BYTES), np.uint8), "labels": [0]}))
+        convert.read_batch(tmp_path / "wrong")
+    (tmp_path / "labels").write_bytes(pickle.dumps({"data": np.zeros((1, convert.ROW_BYTES), np.uint8), "labels": [0]}))
     with pytest.raises(ValueError, match="1..1000"):
-        inet.read_batch(tmp_path / "labels")
+        convert.read_batch(tmp_path / "labels")
     with pytest.raises(FileNotFoundError, match="train_data_batch"):
-        inet.convert_pickles(tmp_path / "nothing", tmp_path / "out", progress=False)
+        convert.convert_pickles(tmp_path / "nothing", tmp_path / "out", progress=False)
 
 
 def test_conversion_resumes_from_finished_parts(official, tmp_path):
     src, images, _ = official
     out = tmp_path / "out"
     parts = out / ".parts"
-    inet._check_plan(parts, {"source": "pickles", "files": [str(src / n) for n in
+    convert._check_plan(parts, {"source": "pickles", "files": [str(src / n) for n in
                      ("train_data_batch_1", "train_data_batch_2", "val_data")], "label_order": "map_clsloc"})
     # A finished part from an interrupted run (deliberately different pixels, to see that it is reused).
     np.savez(parts / "train-train_data_batch_1.npz", images=np.zeros((4, 3, 64, 64), np.uint8),
              labels=np.arange(4))
-    inet.convert_pickles(src, out, progress=False)
+    convert.convert_pickles(src, out, progress=False)
     train = np.load(out / "train_images.npy")
     assert not train[:4].any() and np.array_equal(train[4:], images[4:6])
 
 
 def test_resuming_with_other_settings_is_refused(official, tmp_path):
     src, _, _ = official
-    inet._check_plan(tmp_path / "out" / ".parts", {"source": "folder"})
+    convert._check_plan(tmp_path / "out" / ".parts", {"source": "folder"})
     with pytest.raises(ValueError, match="different settings"):
-        inet.convert_pickles(src, tmp_path / "out", progress=False)
+        convert.convert_pickles(src, tmp_path / "out", progress=False)
 
 
 @pytest.fixture
@@ -153,7 +155,7 @@ def jpeg_folder(tmp_path):
 @pytest.mark.parametrize("resize", ["box", "center-crop"])
 def test_folder_conversion_both_resize_modes(jpeg_folder, tmp_path, resize):
     root, colours = jpeg_folder
-    manifest = inet.convert_folder(root, tmp_path / resize, resize=resize, val_src=root, chunk=3, workers=2,
+    manifest = convert.convert_folder(root, tmp_path / resize, resize=resize, val_src=root, chunk=3, workers=2,
                                    progress=False)
     assert manifest["classes"] == ["n000", "n001"] and manifest["splits"] == {"train": 4, "val": 4}
     images, labels = inet.load_split(tmp_path / resize)
@@ -170,7 +172,7 @@ def test_box_squashes_while_center_crop_keeps_the_middle():
     pixels = np.full((64, 256, 3), 255, np.uint8)
     pixels[:, :64] = 0
     image = Image.fromarray(pixels)
-    box, crop = inet.resize_image(image, "box"), inet.resize_image(image, "center-crop")
+    box, crop = convert.resize_image(image, "box"), convert.resize_image(image, "center-crop")
     assert box[:, :, :16].max() == 0 and box[:, :, 16:].min() == 255  # whole image squashed 4x horizontally
     assert crop.min() == 255  # the centre 64x64 square is all white
 
@@ -180,12 +182,12 @@ def test_corrupt_jpeg_gives_clear_error(jpeg_folder, tmp_path):
     blob = (root / "n000" / "img0.JPEG").read_bytes()
     (root / "n000" / "img0.JPEG").write_bytes(blob[:200])
     with pytest.raises(ValueError, match="cannot decode image .*img0.JPEG"):
-        inet.convert_folder(root, tmp_path / "out", progress=False)
+        convert.convert_folder(root, tmp_path / "out", progress=False)
 
 
 def test_datasource_is_pure_disjoint_and_flips(official, tmp_path):
     src, images, labels = official
-    inet.convert_pickles(src, tmp_path / "out", progress=False)
+    convert.convert_pickles(src, tmp_path / "out", progress=False)
     data = inet.ImageNet64Data(tmp_path / "out", seed=3)
     assert data.num_classes == 1000 and data.data_shape == (3, 64, 64)
     shards = [data.indices(5, 0, rank, 3, 2)[0] for rank in range(3)]
@@ -225,7 +227,7 @@ def test_missing_folder_and_bad_rank_are_clear(official, tmp_path):
     with pytest.raises(FileNotFoundError, match="prepare-imagenet64"):
         inet.ImageNet64Data(tmp_path / "none")
     src, _, _ = official
-    inet.convert_pickles(src, tmp_path / "out", progress=False)
+    convert.convert_pickles(src, tmp_path / "out", progress=False)
     with pytest.raises(ValueError, match="rank"):
         inet.ImageNet64Data(tmp_path / "out").batch(0, 0, 3, 2, 1)
     with pytest.raises(ValueError, match="half of the"):
@@ -248,29 +250,29 @@ def test_prepare_command(official, jpeg_folder, tmp_path, capsys):
 
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = inet.TINY_OVERRIDES
 
 
 def torchrun_train(data, out, steps):
-    command = inet.launch_command(data, out, nproc_per_node=2, overrides={**TINY, "steps": steps},
-                                  launcher=(sys.executable, "-m", "torch.distributed.run")) + ["--no-progress"]
+    command = launch.launch_command(data, out, nproc_per_node=2, overrides={"steps": steps}, preset="imagenet64-tiny",
+                                   launcher=(sys.executable, "-m", "torch.distributed.run")) + ["--no-progress"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
 
 
 def test_torchrun_two_gloo_processes_train_then_resume(tmp_path):
-    from cfgedu.engine.config import apply_overrides, preset
-    from cfgedu.engine.loop import train_experiment
+    from cfgedu.core.configs import apply_overrides
+    from cfgedu.engine.presets import preset
+    from cfgedu.engine.experiment import train_experiment
 
-    inet.write_synthetic_batches(tmp_path / "src", num_train=32, num_val=8)
-    inet.convert_pickles(tmp_path / "src", tmp_path / "data", progress=False)
+    convert.write_synthetic_batches(tmp_path / "src", num_train=32, num_val=8)
+    convert.convert_pickles(tmp_path / "src", tmp_path / "data", progress=False)
     torchrun_train(tmp_path / "data", tmp_path / "run", steps=2)
     assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["step"] == 2
     # Resume that run to step 3 in one process (two micro-steps take the place of the two ranks) ...
-    experiment = apply_overrides(preset("imagenet64"), {**TINY, "steps": "3", "data": str(tmp_path / "data")})
-    resumed = train_experiment(experiment, tmp_path / "run", preset_name="imagenet64", progress=False)
-    records, _ = inet.read_new_metrics(tmp_path / "run" / "metrics.jsonl")
+    experiment = apply_overrides(preset("imagenet64-tiny"), {"steps": "3", "data": str(tmp_path / "data")})
+    resumed = train_experiment(experiment, tmp_path / "run", preset_name="imagenet64-tiny", progress=False)
+    records, _ = launch.read_new_metrics(tmp_path / "run" / "metrics.jsonl")
     assert resumed.step == 3 and [r["step"] for r in records] == [1, 2, 3]
     # ... and it ends where three steps in one process end: the same global batches, the same weights.
     straight = train_experiment(experiment, tmp_path / "single", progress=False)
@@ -285,20 +287,20 @@ def test_torchrun_two_gloo_processes_train_then_resume(tmp_path):
 
 
 def test_launch_command_and_metrics_tail(tmp_path):
-    one = inet.launch_command("data/imagenet64", "runs/in64", overrides={"p_uncond": 0.2})
+    one = launch.launch_command("data/imagenet64", "runs/in64", overrides={"p_uncond": 0.2})
     assert " ".join(one) == ("torchrun --nproc_per_node=8 --standalone -m cfgedu train --preset imagenet64 "
                              "--data data/imagenet64 --out runs/in64 --p_uncond 0.2")
-    two = inet.launch_command("d", "o", nnodes=2, node_rank=1, master_addr="10.0.0.1")
+    two = launch.launch_command("d", "o", nnodes=2, node_rank=1, master_addr="10.0.0.1")
     assert "--nnodes=2" in two and "--node_rank=1" in two and "--master_addr=10.0.0.1" in two
     with pytest.raises(ValueError, match="node_rank"):
-        inet.launch_command("d", "o", nnodes=2, node_rank=2)
+        launch.launch_command("d", "o", nnodes=2, node_rank=2)
     log = tmp_path / "metrics.jsonl"
     log.write_text('{"step": 1, "loss": 0.9}\n{"step": 2, "lo')  # the second line is still being written
-    records, offset = inet.read_new_metrics(log)
+    records, offset = launch.read_new_metrics(log)
     assert records == [{"step": 1, "loss": 0.9}]
     with log.open("a") as handle:
         handle.write('ss": 0.8}\n')
-    assert inet.read_new_metrics(log, offset) == ([{"step": 2, "loss": 0.8}], log.stat().st_size)
+    assert launch.read_new_metrics(log, offset) == ([{"step": 2, "loss": 0.8}], log.stat().st_size)
 
 
 def test_sample_grid_widget_shows_algorithm2_samples():

@@ -11,13 +11,14 @@ from PIL import Image
 
 from cfgedu.commands.cli import main
 from cfgedu.data import imagenet64 as inet
+from cfgedu.data import imagenet64_convert as convert
 
 
 @pytest.fixture
 def prepared(tmp_path):
     """A prepared folder converted from official-format batches: 6 train and 2 val images, 1000 classes."""
-    inet.write_synthetic_batches(tmp_path / "src", num_train=6, num_val=2, num_files=1)
-    inet.convert_pickles(tmp_path / "src", tmp_path / "data", progress=False)
+    convert.write_synthetic_batches(tmp_path / "src", num_train=6, num_val=2, num_files=1)
+    convert.convert_pickles(tmp_path / "src", tmp_path / "data", progress=False)
     return tmp_path / "data"
 
 
@@ -72,7 +73,7 @@ def test_bad_labels_are_refused_when_opened(prepared, labels, match):
 
 
 def test_labels_are_checked_against_the_manifests_class_count(jpeg_classes, tmp_path):
-    inet.convert_folder(jpeg_classes, tmp_path / "data", progress=False)  # a folder of 2 classes
+    convert.convert_folder(jpeg_classes, tmp_path / "data", progress=False)  # a folder of 2 classes
     path = tmp_path / "data" / "train_labels.npy"
     np.save(path, np.array([0, 2]))
     with pytest.raises(ValueError, match=r"labels 0..2, not 0..1 \(the manifest's 2 classes") as error:
@@ -110,7 +111,7 @@ def test_empty_class_folders_are_refused_by_name(jpeg_classes, tmp_path, capsys)
     (jpeg_classes / "n003").mkdir()
     (jpeg_classes / "n003" / "notes.txt").write_text("not an image")
     with pytest.raises(ValueError, match="2 class folder.* hold no images .*: n002, n003; every sub-folder is a class"):
-        inet.list_class_folder(jpeg_classes)
+        convert.list_class_folder(jpeg_classes)
     argv = ["prepare-imagenet64", "--src", str(jpeg_classes), "--out", str(tmp_path / "out"), "--format", "folder"]
     assert main(argv) == 2
     assert "n002, n003" in capsys.readouterr().err and not (tmp_path / "out" / "manifest.json").exists()
@@ -120,12 +121,12 @@ def test_many_empty_class_folders_are_counted_on_one_line(jpeg_classes):
     for k in range(2, 12):
         (jpeg_classes / f"n{k:03d}").mkdir()
     with pytest.raises(ValueError, match=r"10 class folder.*: n002, n003, n004, n005, n006 and 5 more;"):
-        inet.list_class_folder(jpeg_classes)
+        convert.list_class_folder(jpeg_classes)
 
 
 def test_a_refused_batch_is_reported_on_a_line_of_its_own(tmp_path, capsys):
-    inet.write_synthetic_batches(tmp_path / "src", num_train=4, num_val=2, num_files=2)
-    hostile = {"data": np.zeros((1, inet.ROW_BYTES), np.uint8), "labels": [1], "mean": Fraction(1, 2)}
+    convert.write_synthetic_batches(tmp_path / "src", num_train=4, num_val=2, num_files=2)
+    hostile = {"data": np.zeros((1, convert.ROW_BYTES), np.uint8), "labels": [1], "mean": Fraction(1, 2)}
     (tmp_path / "src" / "train_data_batch_2").write_bytes(pickle.dumps(hostile))
     argv = ["prepare-imagenet64", "--src", str(tmp_path / "src"), "--out", str(tmp_path / "out"), "--workers", "1"]
     assert main(argv) == 2  # with the progress bar on, as a user sees it

@@ -1,13 +1,13 @@
 import pytest
 import torch
 
-from cfgedu.core.losses import diffusion_loss, drop_labels
+from cfgedu.core.losses import diffusion_loss, draw_noise, drop_labels
 from cfgedu.core.schedule import alpha_sigma
 
 
 def test_realised_dropout_rate_and_null_never_a_class(generator):
     c = torch.randint(0, 10, (200_000,), generator=generator)
-    dropped = drop_labels(c, 0.2, 10, generator)
+    dropped = drop_labels(c, draw_noise(len(c), (1,), 0.2, generator).drop, 10)
     null = dropped == 10
     assert abs(null.float().mean().item() - 0.2) < 0.005
     assert torch.equal(dropped[~null], c[~null])
@@ -42,7 +42,7 @@ def test_loss_sees_dropped_labels_and_lambda_from_p(toy, generator):
 @pytest.mark.parametrize("p", [-0.1, 1.5, float("nan")])
 def test_bad_p_uncond(generator, p):
     with pytest.raises(ValueError, match="p_uncond must be"):
-        drop_labels(torch.zeros(3, dtype=torch.long), p, 3, generator)
+        draw_noise(3, (2,), p, generator)
 
 
 def test_null_label_in_training_data_is_refused(toy, generator):

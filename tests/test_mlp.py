@@ -20,7 +20,7 @@ def models():
 
 
 def test_registered_kinds_build_the_classes():
-    assert MODEL_KINDS["mlp"] == "cfgedu.nets.mlp:EpsMLP" and MODEL_KINDS["energy"] == "cfgedu.nets.mlp:EnergyMLP"
+    assert MODEL_KINDS["mlp"] is EpsMLP and MODEL_KINDS["energy"] is EnergyMLP
     assert isinstance(build_model("mlp", vars(SMALL)), EpsMLP)
     assert isinstance(build_model("energy", vars(SMALL)), EnergyMLP)
 

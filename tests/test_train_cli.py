@@ -12,9 +12,11 @@ import pytest
 import torch
 
 from cfgedu.commands.cli import main
-from cfgedu.engine.config import apply_overrides, override_keys, preset
+from cfgedu.core.configs import apply_overrides, override_keys
+from cfgedu.engine.presets import preset
 from cfgedu.core.io import safe_torch_load
-from cfgedu.engine.loop import CHECKPOINT, METRICS, TrainConfig, load_checkpoint_model
+from cfgedu.engine.runs import CHECKPOINT, METRICS, load_checkpoint_model
+from cfgedu.engine.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -153,7 +155,7 @@ def test_out_that_is_a_file_is_refused_before_any_work(tmp_path, capsys, monkeyp
     def no_building(*args, **kwargs):
         raise AssertionError("built a network before checking --out")
 
-    monkeypatch.setattr("cfgedu.engine.loop.build_model", no_building)
+    monkeypatch.setattr("cfgedu.engine.experiment.build_network", no_building)
     taken = tmp_path / "notes.txt"
     taken.write_text("keep me")
     assert "is a file" in error_of(capsys, *TINY, "--out", str(taken))

@@ -12,12 +12,16 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from cfgedu.engine.config import MixtureSamples
+from cfgedu.data.toy import MixtureSamples
 from cfgedu.core.io import safe_torch_load
 from cfgedu.core.losses import diffusion_loss
 from cfgedu.nets.mlp import EpsMLP, MLPConfig
-from cfgedu.engine.loop import (CHECKPOINT, LOCK, METRICS, TensorData, TrainConfig, algorithm1_loss, draw_noise,
-                             join_process_group, learning_rate, load_checkpoint_model, slot_offset, train)
+from cfgedu.engine.runs import CHECKPOINT, LOCK, METRICS, load_checkpoint_model
+from cfgedu.data.source import TensorData, slot_offset
+from cfgedu.engine.config import TrainConfig
+from cfgedu.core.losses import algorithm1_loss, draw_noise
+from cfgedu.engine.processes import join_process_group
+from cfgedu.engine.loop import learning_rate, train
 
 KIND = "mlp"
 
@@ -58,7 +62,7 @@ def test_whole_batch_noise_is_diffusion_loss_draws(data):
     """With the whole batch, Algorithm 1 here is cfgedu.core.losses.diffusion_loss to the bit (same draws)."""
     model, cfg = tiny_mlp(), config(p_uncond=0.3)
     x, c = data.batch(0, 0, 0, 1, 16)
-    noise = draw_noise(16, data.data_shape, cfg, torch.Generator().manual_seed(5))
+    noise = draw_noise(16, data.data_shape, cfg.p_uncond, torch.Generator().manual_seed(5), cfg.schedule())
     ours = algorithm1_loss(model, x, c, noise, null_label=3)
     reference = diffusion_loss(model, x, c, p_uncond=0.3, num_classes=3, generator=torch.Generator().manual_seed(5))
     assert ours.item() == reference.item()

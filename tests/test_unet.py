@@ -8,7 +8,7 @@ from cfgedu.engine.flops import count_parameters, describe_experiment, forward_f
 from cfgedu.core.guidance import guided
 from cfgedu.nets.registry import build_model, load_model, save_model
 from cfgedu.nets.embeddings import inv_cos, sinusoidal
-from cfgedu.nets.unet import UNet, UNetConfig, unet_preset
+from cfgedu.nets.unet import UNet, UNetConfig
 from cfgedu.core.schedule import LogSNRSchedule
 
 ADM64_WITH_SIGMA = 295_904_454  # guided-diffusion ADM-64 (learned σ: 6 output channels), SPEC 7.2
@@ -38,8 +38,10 @@ def inputs(config: UNetConfig, batch: int, seed: int = 1):
 
 
 def test_imagenet64_matches_adm64_without_the_sigma_head():
+    from cfgedu.engine.presets import preset
+
     with torch.device("meta"):
-        model = UNet(unet_preset("imagenet64"))
+        model = UNet(preset("imagenet64").model)
     assert count_parameters(model) == ADM64_WITH_SIGMA - SIGMA_HEAD + NULL_ROW
     assert abs(count_parameters(model) / (ADM64_WITH_SIGMA - SIGMA_HEAD) - 1) < 0.01
     z = torch.zeros(2, 3, 64, 64, device="meta")
@@ -49,7 +51,7 @@ def test_imagenet64_matches_adm64_without_the_sigma_head():
 
 
 def test_describe_reports_the_digits_preset():
-    from cfgedu.engine.config import preset
+    from cfgedu.engine.presets import preset
 
     info = describe_experiment(preset("digits"))
     model = build_model("unet", info["model"])
@@ -134,8 +136,6 @@ def test_corrupted_and_foreign_files_give_clear_errors(tmp_path):
 def test_bad_inputs_raise_value_errors():
     model = UNet(TINY)
     z, lam, c = inputs(TINY, 2)
-    with pytest.raises(ValueError, match="unknown U-Net preset 'imagenet128'"):
-        unet_preset("imagenet128")
     with pytest.raises(ValueError, match=r"takes images of shape \(B, 2, 8, 8\)"):
         model(torch.zeros(2, 2, 16, 16), lam, c)
     with pytest.raises(ValueError, match="labels must be in 0..2 or 3"):

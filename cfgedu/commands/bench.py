@@ -10,7 +10,7 @@ HELP = ("Benchmark a preset's network on this device (CUDA if available): traini
 
 
 def add_arguments(parser):
-    parser.add_argument("--preset", required=True, help="named experiment (see cfgedu.engine.config.PRESETS)")
+    parser.add_argument("--preset", required=True, help="named experiment (see cfgedu.engine.presets.PRESETS)")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="images per step (default: the preset's per-device batch on CUDA, 2 on CPU for "
                              "networks above 100 GFLOP, else 64)")
@@ -28,25 +28,23 @@ def default_batch(experiment, device, gflops: float) -> int:
 
 
 def run(args) -> None:
-    import dataclasses
     import json
 
     import torch
 
     from ..engine.bench import benchmark
     from ..core.checks import check_positive_int
-    from ..engine.config import apply_overrides, preset
+    from ..core.configs import apply_overrides
+    from ..engine.presets import preset
     from ..engine.flops import forward_flops
-    from ..nets.registry import build_model
+    from ..engine.experiment import build_network
     from ..core.tensors import default_device
 
     if args.threads:
         torch.set_num_threads(check_positive_int("threads", args.threads))
     experiment = apply_overrides(preset(args.preset), override_pairs(args.overrides))
     device = default_device()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = build_model(experiment.kind, dataclasses.asdict(experiment.model))
+    model = build_network(experiment)
     batch = args.batch_size or default_batch(experiment, device, forward_flops(model) / 1e9)
     result = benchmark(model, batch_size=check_positive_int("batch-size", batch), train_steps=args.steps,
                        repeats=args.repeats, sampling_steps=args.sampling_steps, device=device,

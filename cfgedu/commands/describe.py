@@ -10,14 +10,16 @@ HELP = ("Print a preset's resolved configuration (network, data, training) as JS
 
 
 def add_arguments(parser):
-    parser.add_argument("--preset", required=True, help="named experiment (see cfgedu.engine.config.PRESETS)")
+    parser.add_argument("--preset", required=True, help="named experiment (see cfgedu.engine.presets.PRESETS)")
     collect_overrides(parser)
 
 
 def run(args) -> None:
     import json
 
-    from ..engine.config import apply_overrides, preset
+    from ..core.configs import apply_overrides
+
+    from ..engine.presets import preset
     from ..engine.flops import describe_experiment
 
     experiment = apply_overrides(preset(args.preset), override_pairs(args.overrides))

@@ -56,7 +56,7 @@ def run(args) -> None:
     from ..images.sampling import save_grid
     from ..core.io import atomic_write_json, atomic_write_text
     from ..core.tensors import default_device
-    from ..engine.loop import load_checkpoint_model
+    from ..engine.runs import load_checkpoint_model
 
     output_folder(args.out)
     args.w = [check_w(w) for w in args.w]

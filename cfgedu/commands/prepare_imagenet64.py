@@ -31,7 +31,7 @@ def add_arguments(parser):
 
 
 def run(args) -> None:
-    from ..data.imagenet64 import convert_folder, convert_pickles
+    from ..data.imagenet64_convert import convert_folder, convert_pickles
 
     output_folder(args.out)
     if args.format == "pickles":

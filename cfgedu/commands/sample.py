@@ -28,7 +28,7 @@ def run(args) -> None:
     from ..core.guidance import check_w
     from ..images.sampling import class_labels, sample_images, save_grid
     from ..core.tensors import default_device
-    from ..engine.loop import load_checkpoint_model
+    from ..engine.runs import load_checkpoint_model
 
     output_image(args.out)
     check_w(args.w)

@@ -13,7 +13,7 @@ HELP = ("Train a preset's network with Algorithm 1 (label dropout, λ ~ p(λ), �
 
 
 def add_arguments(parser):
-    from ..engine.config import PRESETS
+    from ..engine.presets import PRESETS
 
     parser.add_argument("--preset", required=True, help=f"named experiment: {', '.join(sorted(PRESETS))}")
     parser.add_argument("--out", type=Path, required=True,
@@ -30,8 +30,10 @@ def add_arguments(parser):
 def run(args) -> None:
     import os
 
-    from ..engine.config import apply_overrides, preset
-    from ..engine.loop import train_experiment
+    from ..core.configs import apply_overrides
+
+    from ..engine.presets import preset
+    from ..engine.experiment import train_experiment
 
     output_folder(args.out)  # before anything is built
     if args.threads < 0:

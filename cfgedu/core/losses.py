@@ -1,5 +1,11 @@
-"""Algorithm 1 of Ho & Salimans (2022): joint conditional/unconditional training as an ε-MSE loss."""
+"""Algorithm 1 of Ho & Salimans (2022): joint conditional/unconditional training as an ε-MSE loss.
+
+A step draws its noise first (which labels drop to ∅, λ ~ p(λ), ε ~ N(0, I)) and then takes the loss, so the
+training engine can draw the noise of a whole global batch once and give each process and micro-batch its slice.
+"""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -8,22 +14,44 @@ from .guidance import EpsModel
 from .schedule import LogSNRSchedule, q_sample
 
 
-def drop_labels(c: torch.Tensor, p_uncond: float, null_label: int, generator: torch.Generator) -> torch.Tensor:
-    """Replace each label by the null label ∅ = null_label with probability p_uncond (Algorithm 1, step 2)."""
+@dataclass
+class StepNoise:
+    """Algorithm 1's draws for a batch: labels dropped to ∅ (step 2), λ ~ p(λ) (step 3), ε ~ N(0, I) (step 4)."""
+
+    drop: torch.Tensor  # (B,) bool
+    lam: torch.Tensor  # (B,)
+    eps: torch.Tensor  # (B, *data_shape)
+
+    def slice(self, start: int, size: int) -> StepNoise:
+        return StepNoise(self.drop[start:start + size], self.lam[start:start + size], self.eps[start:start + size])
+
+
+def draw_noise(batch: int, data_shape: tuple[int, ...], p_uncond: float, generator: torch.Generator,
+               schedule: LogSNRSchedule = LogSNRSchedule(), dtype: torch.dtype = torch.float32) -> StepNoise:
+    """Steps 2-4 of Algorithm 1 for `batch` examples, on the generator's device."""
     p_uncond = check_in_range("p_uncond", p_uncond, 0.0, 1.0)
-    drop = torch.rand(c.shape, generator=generator, device=c.device) < p_uncond
+    device = generator.device
+    drop = torch.rand(batch, generator=generator, device=device) < p_uncond
+    lam = schedule.sample_lam(batch, generator, device=device, dtype=dtype)
+    eps = torch.randn((batch, *data_shape), generator=generator, device=device, dtype=dtype)
+    return StepNoise(drop, lam, eps)
+
+
+def drop_labels(c: torch.Tensor, drop: torch.Tensor, null_label: int) -> torch.Tensor:
+    """Step 2 of Algorithm 1: c̃ = ∅ (null_label) where `drop`, else c."""
     return torch.where(drop, torch.full_like(c, null_label), c)
+
+
+def algorithm1_loss(eps_model: EpsModel, x: torch.Tensor, c: torch.Tensor, noise: StepNoise,
+                    null_label: int) -> torch.Tensor:
+    """Steps 5-6: the mean of ‖ε_θ(z_λ, c̃) − ε‖² over all elements, z_λ = α_λ x + σ_λ ε (Eq. 5), in float32."""
+    z = q_sample(x, noise.lam, noise.eps)
+    return torch.mean((eps_model(z, noise.lam, drop_labels(c, noise.drop, null_label)).float() - noise.eps) ** 2)
 
 
 def diffusion_loss(eps_model: EpsModel, x: torch.Tensor, c: torch.Tensor, *, p_uncond: float, num_classes: int,
                    generator: torch.Generator, schedule: LogSNRSchedule = LogSNRSchedule()) -> torch.Tensor:
-    """Mean of ‖ε_θ(z_λ, c̃) − ε‖² over the batch, with λ ~ p(λ), c̃ = c dropped to ∅ w.p. p_uncond.
-
-    x: (B, *data_shape); c: (B,) labels in 0..num_classes-1. The mean runs over every element.
-    """
+    """Algorithm 1's loss on one batch: x (B, *data_shape), c (B,) labels in 0..num_classes-1."""
     check_labels(c, num_classes, batch=x.shape[0], allow_null=False)
-    c = drop_labels(c, p_uncond, num_classes, generator)
-    lam = schedule.sample_lam(x.shape[0], generator, device=x.device, dtype=x.dtype)  # (B,)
-    eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    z = q_sample(x, lam, eps)
-    return torch.mean((eps_model(z, lam, c) - eps) ** 2)
+    noise = draw_noise(x.shape[0], tuple(x.shape[1:]), p_uncond, generator, schedule, x.dtype)
+    return algorithm1_loss(eps_model, x, c, noise, num_classes)

@@ -1,6 +1,8 @@
 """Small tensor helpers shared by every layer: broadcasting, seeding and devices."""
 from __future__ import annotations
 
+import hashlib
+
 import torch
 
 
@@ -15,6 +17,12 @@ def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Gener
     generator = torch.Generator(device=device)
     generator.manual_seed(int(seed))
     return generator
+
+
+def derive_seed(*keys: int) -> int:
+    """A 63-bit seed that is a pure function of the integers given (a hash, so nearby keys are unrelated)."""
+    digest = hashlib.blake2b(repr(tuple(int(key) for key in keys)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
 
 
 def batch_of(value: float | torch.Tensor, batch: int, like: torch.Tensor) -> torch.Tensor:

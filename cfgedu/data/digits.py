@@ -12,6 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .source import TensorData
+
 NUM_CLASSES = 10
 SPLITS = ("train", "val")
 SIZES = (8, 16, 32)
@@ -57,8 +59,6 @@ class DigitsData:
         if self.size not in SIZES:
             raise ValueError(f"digits image size must be one of {SIZES}; got {self.size!r}")
 
-    def build(self, seed: int = 0):
-        from ..engine.loop import TensorData
-
+    def build(self, seed: int = 0) -> TensorData:
         x, c = load_digits_split("train", self.size)
         return TensorData(x, c, NUM_CLASSES, seed)

@@ -5,9 +5,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..core.tensors import derive_seed, make_generator
 from ..toy.mixture import GaussianMixture
-from ..core.tensors import make_generator
-from ..engine.loop import derive_seed
+from .source import TensorData
 
 
 @dataclass
@@ -43,3 +43,28 @@ def draw_labelled(mixture: GaussianMixture, n: int, generator: torch.Generator) 
         if chosen.any():
             x[chosen] = mixture.sample(int(chosen.sum()), k, generator)
     return x.float(), labels
+
+
+@dataclass(frozen=True)
+class ToyMixture:
+    """The three-Gaussian toy as a data config: build(seed) gives ToyData, fresh draws (x, c) ~ p(x, c) every step."""
+
+    radius: float = 1.0  # circumradius of the triangle of means
+    std: float = 0.6  # isotropic standard deviation of each class
+
+    def build(self, seed: int) -> ToyData:
+        return ToyData(GaussianMixture.three_gaussians(self.radius, self.std), seed)
+
+
+@dataclass(frozen=True)
+class MixtureSamples:
+    """A fixed set of draws from the three-Gaussian toy mixture: a tiny dataset for smoke runs and tests."""
+
+    per_class: int = 128
+    data_seed: int = 0
+
+    def build(self, seed: int) -> TensorData:
+        mixture, generator = GaussianMixture.three_gaussians(), make_generator(self.data_seed)
+        x = torch.cat([mixture.sample(self.per_class, c, generator) for c in range(mixture.num_classes)])
+        c = torch.arange(mixture.num_classes).repeat_interleave(self.per_class)
+        return TensorData(x.float(), c, mixture.num_classes, seed)

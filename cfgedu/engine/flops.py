@@ -6,12 +6,10 @@ costs 219.4 GFLOP per forward. Networks can be built on the meta device, so coun
 """
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..nets.registry import build_model
+from ..nets.registry import network_class
 
 TRAIN_FLOPS_PER_FORWARD = 3  # forward + backward ≈ 3 forwards (SPEC 9)
 
@@ -39,7 +37,7 @@ def forward_flops(model: torch.nn.Module, batch: int = 1) -> float:
 def describe_experiment(experiment) -> dict:
     """The resolved experiment config with `parameters` and `forward_gflops` (network built on the meta device)."""
     with torch.device("meta"):
-        model = build_model(experiment.kind, dataclasses.asdict(experiment.model))
+        model = network_class(experiment.kind)(experiment.model)
     gflops = forward_flops(model) / 1e9
     return {**experiment.to_dict(), "parameters": count_parameters(model), "forward_gflops": gflops,
             "train_gflops_per_image": TRAIN_FLOPS_PER_FORWARD * gflops}

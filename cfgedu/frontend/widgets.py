@@ -417,11 +417,11 @@ class CFGFieldWidget(SliderPanel):
 
 
 def _untrained_toy_mlp():
-    from ..nets.registry import build_model
+    from ..nets.mlp import EpsMLP, MLPConfig
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        return build_model("mlp", {})
+        return EpsMLP(MLPConfig())
 
 
 BENCHMARKS["learned CFG field curl (toy MLP)"] = lambda: CFGFieldWidget(_untrained_toy_mlp(),

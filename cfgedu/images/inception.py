@@ -328,7 +328,7 @@ def guided_generator(model: nn.Module, w: float, *, steps: int = 256, v: float =
     x̂ clipped to [-1, 1] as in ADM. Batch k on a rank uses the seed (seed, rank, k), the same for every w."""
     from ..data.imagenet64 import to_uint8
     from .sampling import sample_images
-    from ..engine.loop import derive_seed
+    from ..core.tensors import derive_seed
 
     rank, _ = _distributed()
     batches = iter(range(1 << 62))
@@ -366,7 +366,7 @@ def table1_markdown(rows: list[dict], p_uncond: float = 0.1) -> str:
 
 def _join_processes() -> torch.device:
     """This process's device; under torchrun (WORLD_SIZE > 1) also joins the process group (NCCL or gloo)."""
-    from ..engine.loop import join_process_group
+    from ..engine.processes import join_process_group
 
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if torch.cuda.is_available() else \
         torch.device("cpu")
@@ -399,7 +399,7 @@ def evaluate_run(run: Path, ws: list[float], n: int = 50_000, *, inception: str 
     prepared training data (`data`, by default the folder the run trained on). Under torchrun each
     process takes its share of the samples.
     """
-    from ..engine.loop import load_checkpoint_model
+    from ..engine.runs import load_checkpoint_model
 
     run = Path(run).parent if Path(run).suffix == ".pt" else Path(run)  # the folder or its checkpoint.pt
     device, inception_features = _join_processes(), extractor is None

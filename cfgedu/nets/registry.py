@@ -9,37 +9,35 @@ network built on the meta device (no memory), so a hand-edited file is one line 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import reprlib
-import types
-import typing
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Union
 
 import torch
 from torch.nn.modules.module import register_module_parameter_registration_hook
 
+from ..core.configs import config_from_dict
 from ..core.io import atomic_torch_save, safe_torch_load
+from .mlp import EnergyMLP, EpsMLP, MLPConfig
+from .unet import UNet, UNetConfig
 
-# kind -> "module:class"; the class has a `Config` dataclass type and takes it as its only argument.
-MODEL_KINDS: dict[str, str] = {
-    "unet": "cfgedu.nets.unet:UNet",
-    "mlp": "cfgedu.nets.mlp:EpsMLP",
-    "energy": "cfgedu.nets.mlp:EnergyMLP",
-}
+# kind -> network class; each has a `Config` dataclass type and takes it as its only argument.
+MODEL_KINDS: dict[str, type[torch.nn.Module]] = {"unet": UNet, "mlp": EpsMLP, "energy": EnergyMLP}
 MODEL_ENTRIES = ("kind", "config", "state_dict")
+NetConfig = Union[MLPConfig, UNetConfig]
 
 
-def _model_class(kind: str):
+def network_class(kind: str) -> type[torch.nn.Module]:
+    """The class registered as `kind`."""
     if not isinstance(kind, str) or kind not in MODEL_KINDS:
-        raise ValueError(f"unknown model kind {kind!r}; known kinds: {', '.join(sorted(MODEL_KINDS)) or 'none'}")
-    module_name, class_name = MODEL_KINDS[kind].split(":")
-    return getattr(importlib.import_module(module_name), class_name)
+        raise ValueError(f"unknown model kind {kind!r}; known kinds: {', '.join(sorted(MODEL_KINDS))}")
+    return MODEL_KINDS[kind]
 
 
 def build_model(kind: str, config: dict) -> torch.nn.Module:
     """A fresh network of `kind` from a config dict (as saved beside its weights)."""
-    cls = _model_class(kind)
+    cls = network_class(kind)
     return cls(cls.Config(**config))
 
 
@@ -77,50 +75,6 @@ def check_entries(record, keys: tuple[str, ...], path: Path, what: str, where: s
         raise ValueError(f"{path} is not a {what}: it has no {where + missing[0]!r} entry (expected "
                          f"{', '.join(where + key for key in keys)})")
     return record
-
-
-def _fits(value, annotation) -> bool:
-    """Whether a saved value has a config field's type: int, float (an int will do), bool, str, X | None or
-    tuple[X, ...] / tuple[X, Y] (a list will do: JSON has no tuples)."""
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin in (typing.Union, types.UnionType):
-        return any(_fits(value, arg) for arg in args)
-    if origin is tuple:
-        if not isinstance(value, (tuple, list)):
-            return False
-        kinds = [args[0]] * len(value) if len(args) == 2 and args[1] is Ellipsis else list(args)
-        return len(kinds) == len(value) and all(map(_fits, value, kinds))
-    if annotation in (int, float):
-        return isinstance(value, int if annotation is int else (int, float)) and not isinstance(value, bool)
-    return isinstance(value, annotation)
-
-
-def _type_name(annotation) -> str:
-    return annotation.__name__ if isinstance(annotation, type) else str(annotation).replace("typing.", "")
-
-
-def saved_config(config_cls: type, values, path: Path):
-    """config_cls(**values), refusing unknown keys, missing required keys and values of the wrong type first;
-    every problem (the Config's own checks included) is a ValueError naming the file and the key."""
-    if not isinstance(values, dict):
-        raise ValueError(f"{path}: the saved config is a {type(values).__name__}, not a dict of {config_cls.__name__} "
-                         f"fields")
-    fields, hints = {f.name: f for f in dataclasses.fields(config_cls)}, typing.get_type_hints(config_cls)
-    for key, value in values.items():
-        if key not in fields:
-            raise ValueError(f"{path}: unknown config key {reprlib.repr(key)} for a {config_cls.__name__} (known: "
-                             f"{', '.join(fields)})")
-        if not _fits(value, hints[key]):
-            raise ValueError(f"{path}: config key {key!r} must be {_type_name(hints[key])}, got {reprlib.repr(value)}")
-    required = [name for name, f in fields.items()
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
-    missing = [name for name in required if name not in values]
-    if missing:
-        raise ValueError(f"{path}: the saved config has no {missing[0]!r} key, which a {config_cls.__name__} needs")
-    try:
-        return config_cls(**values)
-    except ValueError as error:  # the Config's own __post_init__ checks, which name the key
-        raise ValueError(f"{path}: bad saved config: {error}") from None
 
 
 def _state_dict(state, path: Path, key: str) -> dict:
@@ -174,10 +128,10 @@ def rebuild_model(record: dict, path: Path, weights: str = "state_dict") -> torc
     allocated; every problem is a one-line ValueError naming `path` and the key."""
     check_entries(record, ("kind", "config", weights), path, "saved cfgedu network")
     try:
-        cls = _model_class(record["kind"])
+        cls = network_class(record["kind"])
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from None
-    config, state = saved_config(cls.Config, record["config"], path), _state_dict(record[weights], path, weights)
+    config, state = config_from_dict(cls.Config, record["config"], path), _state_dict(record[weights], path, weights)
     with _few_parameters(len(state), path), torch.device("meta"):
         skeleton = cls(config)
     check_state_dict(state, skeleton, path, weights)

@@ -62,26 +62,6 @@ class UNetConfig:
         return (self.in_channels, self.image_size, self.image_size)
 
 
-PRESETS: dict[str, UNetConfig] = {
-    # 16x16 digits on a CPU: 3.9M parameters, most of them at 8x8 and 4x4 (where attention is), which buy class
-    # fidelity for less compute than a wider 16x16 level.
-    "digits": UNetConfig(image_size=16, in_channels=1, num_classes=10, model_channels=32, channel_mult=(1, 3, 4),
-                         num_res_blocks=1, attention_resolutions=(8, 4), head_channels=32, dropout=0.1,
-                         norm_groups=8),
-    # ADM-64 (guided-diffusion README flags) with 3 output channels and a null class row.
-    "imagenet64": UNetConfig(image_size=64, in_channels=3, num_classes=1000, model_channels=192,
-                             channel_mult=(1, 2, 3, 4), num_res_blocks=3, attention_resolutions=(32, 16, 8),
-                             head_channels=64, dropout=0.1, norm_groups=32),
-}
-
-
-def unet_preset(name: str) -> UNetConfig:
-    """The named U-Net configuration."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown U-Net preset {name!r}; known presets: {', '.join(sorted(PRESETS))}")
-    return PRESETS[name]
-
-
 def zero_init(module: nn.Module) -> nn.Module:
     """Zero a layer's weights and bias so that its residual branch starts as the identity (ADM)."""
     for p in module.parameters():

@@ -21,7 +21,8 @@ from ..nets.registry import build_model, save_model
 from ..nets.mlp import MLPConfig
 from ..core.schedule import LogSNRSchedule, q_sample
 from ..core.tensors import make_generator
-from ..engine.loop import TrainConfig, train
+from ..engine.config import TrainConfig
+from ..engine.loop import train
 
 MODELS = ("mlp", "energy")
 
