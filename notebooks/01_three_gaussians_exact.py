@@ -40,7 +40,8 @@ GUIDANCE = (1.0, 4.0, 16.0)  # the guided panels of Figure 2 (paper's w)
 import torch
 
 from cfgedu import GaussianMixture, guided
-from cfgedu.toy.figure2 import compute_figure2, plot_figure2
+from cfgedu.frontend.plotting import plot_figure2
+from cfgedu.toy.figure2 import compute_figure2
 from cfgedu.toy.grid import Grid2D, moments, tilted_densities
 from cfgedu.core.schedule import alpha_sigma
 from cfgedu.core.tensors import make_generator

@@ -40,13 +40,20 @@ import matplotlib.pyplot as plt
 import torch
 
 from cfgedu import GaussianMixture
-from cfgedu.nets.mlp import MLPConfig
-from cfgedu.toy.learned import eps_relative_errors, train_toy
+from cfgedu.engine.experiment import build_network, train_experiment
+from cfgedu.engine.presets import toy_experiment
 from cfgedu.frontend.widgets import LossCurve
+from cfgedu.toy.learned import eps_relative_errors
 
 mixture = GaussianMixture.three_gaussians()
-net = MLPConfig(width=WIDTH, depth=DEPTH)
-settings = {"steps": STEPS, "batch_size": BATCH, "lr": LR, "net": net, "eval_points": EVAL_POINTS}
+settings = {"batch_size": BATCH, "lr": LR, "width": WIDTH, "depth": DEPTH}
+
+
+def train_toy(p_uncond: float, on_log=None):
+    """The toy preset's ε-MLP trained in memory with Algorithm 1; returns its EMA weights and their ε errors."""
+    experiment = toy_experiment("mlp", STEPS, p_uncond=p_uncond, **settings)
+    ema = train_experiment(experiment, None, progress=False, on_log=on_log).ema.eval()
+    return ema, eps_relative_errors(ema, mixture, EVAL_POINTS)
 
 # %% [markdown]
 # ## 1. Algorithm 1, with a live loss curve
@@ -67,8 +74,8 @@ settings = {"steps": STEPS, "batch_size": BATCH, "lr": LR, "net": net, "eval_poi
 # %%
 curve = LossCurve()
 display(curve)  # noqa: F821 (IPython's display)
-model, metrics = train_toy("mlp", p_uncond=P_UNCOND[0], progress=False, on_log=curve, **settings)
-{key: metrics[key] for key in ("eps_rel_error_cond", "eps_rel_error_uncond", "train_seconds")}
+model, errors = train_toy(P_UNCOND[0], on_log=curve)
+errors
 
 # %% [markdown]
 # The relative errors $\mathbb E\|\varepsilon_\theta - \varepsilon^*\|^2 / \mathbb E\|\varepsilon^*\|^2$ above are
@@ -79,13 +86,12 @@ model, metrics = train_toy("mlp", p_uncond=P_UNCOND[0], progress=False, on_log=c
 # percent), but it knows nothing of the classes.
 
 # %%
-torch.manual_seed(0)
-untrained = eps_relative_errors(type(model)(net).eval(), mixture, EVAL_POINTS)
+untrained = eps_relative_errors(build_network(toy_experiment("mlp", STEPS, **settings)).eval(), mixture, EVAL_POINTS)
 print({"untrained": untrained})
-assert metrics["eps_rel_error_cond"] < 0.1 * untrained["cond"]
-assert metrics["eps_rel_error_uncond"] < untrained["uncond"]
+assert errors["cond"] < 0.1 * untrained["cond"]
+assert errors["uncond"] < untrained["uncond"]
 if not FAST:
-    assert metrics["eps_rel_error_cond"] <= 0.01 and metrics["eps_rel_error_uncond"] <= 0.01
+    assert errors["cond"] <= 0.01 and errors["uncond"] <= 0.01
 
 # %% [markdown]
 # ## 2. Learned against exact, level by level
@@ -130,17 +136,17 @@ for ax, label, title in zip(axes, (0, mixture.num_classes), ("class 0", "null la
 # conditional one. The paper found $p_\text{uncond} = 0.1$ or $0.2$ best on ImageNet and $0.5$ worse.
 
 # %%
-runs = {P_UNCOND[0]: metrics}
+runs = {P_UNCOND[0]: errors}
 for p in P_UNCOND[1:]:
-    runs[p] = train_toy("mlp", p_uncond=p, progress=False, **settings)[1]
+    runs[p] = train_toy(p)[1]
 fig, ax = plt.subplots(figsize=(5, 3.2))
 width = 0.35
 for i, key in enumerate(("cond", "uncond")):
-    ax.bar([j + i * width for j in range(len(runs))], [runs[p][f"eps_rel_error_{key}"] for p in runs], width,
+    ax.bar([j + i * width for j in range(len(runs))], [runs[p][key] for p in runs], width,
            label=key)
 ax.set(xticks=[j + width / 2 for j in range(len(runs))], xticklabels=[f"p_uncond = {p}" for p in runs],
        yscale="log", ylabel="relative ε error")
 ax.legend()
 
 # %%
-assert runs[P_UNCOND[-1]]["eps_rel_error_uncond"] < runs[P_UNCOND[0]]["eps_rel_error_uncond"]
+assert runs[P_UNCOND[-1]]["uncond"] < runs[P_UNCOND[0]]["uncond"]

@@ -44,22 +44,22 @@ import matplotlib.pyplot as plt
 import torch
 
 from cfgedu import GaussianMixture
-from cfgedu.toy.fields import (as_float64, cfg_field, circulation, field_report, grid_values, helmholtz_hodge,
-                           implicit_classifier_gradient, plot_curl_panels, plot_helmholtz, projection_sampling)
-from cfgedu.toy.grid import Grid2D
-from cfgedu.nets.mlp import MLPConfig
-from cfgedu.frontend.plotting import sample_histogram
-from cfgedu.toy.learned import train_toy
+from cfgedu.engine.experiment import train_experiment
+from cfgedu.engine.presets import toy_experiment
+from cfgedu.frontend.plotting import plot_curl_panels, plot_helmholtz, sample_histogram
 from cfgedu.frontend.widgets import CFGFieldWidget
+from cfgedu.toy.fields import (as_float64, cfg_field, circulation, field_report, implicit_classifier_gradient,
+                               projection_sampling)
+from cfgedu.toy.grid import Grid2D, grid_values
+from cfgedu.toy.helmholtz import helmholtz_hodge
+from cfgedu.toy.learned import eps_relative_errors
 
 mixture = GaussianMixture.three_gaussians()
 grid = Grid2D(3.0, GRID)
-settings = {"steps": STEPS, "batch_size": BATCH, "lr": LR, "net": MLPConfig(width=WIDTH, depth=DEPTH),
-            "p_uncond": P_UNCOND, "progress": False}
-mlp, mlp_metrics = train_toy("mlp", **settings)
-energy, energy_metrics = train_toy("energy", **settings)
-{name: (m["eps_rel_error_cond"], m["eps_rel_error_uncond"]) for name, m in (("mlp", mlp_metrics),
-                                                                            ("energy", energy_metrics))}
+settings = {"p_uncond": P_UNCOND, "batch_size": BATCH, "lr": LR, "width": WIDTH, "depth": DEPTH}
+mlp, energy = (train_experiment(toy_experiment(kind, STEPS, **settings), None, progress=False).ema.eval()
+               for kind in ("mlp", "energy"))
+{name: eps_relative_errors(model, mixture, 10_000) for name, model in (("mlp", mlp), ("energy", energy))}
 
 # %% [markdown]
 # ## 1. The implicit classifier, exact and learned

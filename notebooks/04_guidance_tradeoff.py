@@ -33,19 +33,23 @@ OUT = "runs/toy_tradeoff_fast" if FAST else "runs/toy_tradeoff"  # the trained M
 
 # %%
 from dataclasses import replace
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 
 from cfgedu import GaussianMixture
-from cfgedu.toy.tradeoff import (SweepConfig, corrector_table, learned_models, metric_table, plot_boundary_push,
-                             plot_tradeoff, run_sweep, sampler_table)
+from cfgedu.engine.experiment import train_experiment
+from cfgedu.engine.presets import toy_experiment
+from cfgedu.frontend.plotting import plot_boundary_push, plot_tradeoff
 from cfgedu.frontend.widgets import GuidanceIntervalWidget
+from cfgedu.toy.tradeoff import SWEEPS, run_sweep
+from cfgedu.toy.tradeoff_tables import corrector_table, metric_table, sampler_table
 
 mixture = GaussianMixture.three_gaussians()
-config = SweepConfig()
+config = SWEEPS["full"]
 if FAST:
-    config = replace(SweepConfig.fast(), ws=(0.0, 1.0, 3.0), p_unconds=(0.5,), steps=(16,), samples_per_class=200,
+    config = replace(SWEEPS["fast"], ws=(0.0, 1.0, 3.0), p_unconds=(0.5,), steps=(16,), samples_per_class=200,
                      exact_samples_per_class=400, detail_steps=16, corrector_steps=(0, 4), corrector_T=8,
                      metric_points=200, train_steps=100, tv_bins=16)
 
@@ -58,10 +62,12 @@ if FAST:
 #   logistic regression fitted on data, which is well specified here): the IS axis, at most $K = 3$;
 # - the **TV distance to $\pi_w$** on a 32×32 histogram, beside the TV that exact draws from $\pi_w$ get (the noise floor).
 #
-# Learned models are ε-MLPs trained with Algorithm 1 by `cfgedu.toy` for each `p_uncond`.
+# Learned models are the toy preset's ε-MLPs, trained with Algorithm 1 for each `p_uncond` (cached in `OUT`).
 
 # %%
-models = learned_models(OUT, config, progress=not FAST)
+runs = {p: toy_experiment("mlp", config.train_steps, p_uncond=p, seed=config.seed) for p in config.p_unconds}
+models = {p: train_experiment(experiment, Path(OUT) / f"p_uncond={p:g},steps={config.train_steps}", preset_name="toy",
+                              progress=not FAST).ema.eval() for p, experiment in runs.items()}
 sweep = run_sweep(config, models, mixture=mixture, progress=not FAST)
 print(f"{len(sweep.rows)} rows in {sweep.seconds:.0f} s")
 

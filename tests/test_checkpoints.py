@@ -7,10 +7,11 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+from saved import write_model_file
 from torch.nn.modules.module import register_module_parameter_registration_hook
 
 from cfgedu.data.toy import MixtureSamples
-from cfgedu.nets.registry import load_model, save_model, config_from_dict
+from cfgedu.core.configs import config_from_dict
 from cfgedu.nets.mlp import EpsMLP, MLPConfig
 from cfgedu.nets.unet import UNetConfig
 from cfgedu.engine.runs import CHECKPOINT, METRICS, load_checkpoint_model
@@ -79,31 +80,31 @@ def set_weight(name, value):
     (lambda record: record.update(state_dict=torch.zeros(3)), "'state_dict' is a Tensor, not a state dict"),
 ])
 def test_hand_edited_model_files_are_refused_naming_the_key(tmp_path, change, message):
-    path = save_model(tmp_path / "model.pt", tiny(), "mlp")
+    path = write_model_file(tmp_path / "model.pt", tiny(), "mlp")
     edit(path, change)
-    assert message in refusal(lambda: load_model(path), path)
+    assert message in refusal(lambda: load_checkpoint_model(path), path)
 
 
 def test_a_huge_config_is_refused_on_the_meta_device(tmp_path):
     """width 3,000,000 would be 36 TB of weights; depth 10^9 a billion modules: both refused, nothing real built."""
-    path = save_model(tmp_path / "model.pt", tiny(), "mlp")
+    path = write_model_file(tmp_path / "model.pt", tiny(), "mlp")
     edit(path, set_config(width=3_000_000))
     with parameter_devices() as devices:
-        message = refusal(lambda: load_model(path), path)
+        message = refusal(lambda: load_checkpoint_model(path), path)
     assert "'trunk.0.weight' is torch.float32 (16, 15), but the saved config describes a torch.float32 tensor of " \
            "shape (3000000, 15)" in message
     assert devices and set(devices) == {"meta"}
     edit(path, set_config(width=16, depth=10**9))
     began = time.perf_counter()
     with parameter_devices() as devices:
-        message = refusal(lambda: load_model(path), path)
+        message = refusal(lambda: load_checkpoint_model(path), path)
     assert "far more parameters than the 7 tensors saved with it" in message and set(devices) == {"meta"}
     assert time.perf_counter() - began < 5
 
 
 def test_a_good_file_still_loads_exactly(tmp_path):
     model = tiny()
-    loaded = load_model(save_model(tmp_path / "model.pt", model, "mlp"))
+    loaded = load_checkpoint_model(write_model_file(tmp_path / "model.pt", model, "mlp"))
     assert loaded.config == SMALL and not loaded.training
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
 

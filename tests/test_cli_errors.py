@@ -156,12 +156,12 @@ def test_sample_warns_about_a_saturating_w(digits_run, tmp_path, capsys):
 # ---- outputs: whole or absent ---------------------------------------------------------------------------------------
 
 def test_every_command_writes_whole_outputs(toy_run, digits_run, tmp_path, monkeypatch):
-    from cfgedu.toy.tradeoff import SweepConfig
+    from cfgedu.toy.tradeoff import SWEEPS, SweepConfig
 
-    assert_whole(toy_run, ["model.pt", "config.json", "metrics.json"])
+    assert_whole(toy_run, ["checkpoint.pt", "config.json", "metrics.jsonl", "eps_error.json"])
     assert main(["figure2", "--out", str(tmp_path / "fig2"), "--samples-per-class", "50", "--steps", "8"]) == 0
     assert_whole(tmp_path / "fig2", ["figure2.png", "figure2.json"])
-    assert main(["fields", "--checkpoint", str(toy_run / "model.pt"), "--out", str(tmp_path / "fields"), "--grid", "8",
+    assert main(["fields", "--checkpoint", str(toy_run), "--out", str(tmp_path / "fields"), "--grid", "8",
                  "--w", "1", "--lam", "0"]) == 0
     assert_whole(tmp_path / "fields", ["fields.json", "curl.png", "helmholtz.png"])
     assert main(["sample", "--checkpoint", str(digits_run), "--n", "2", "--steps", "2",
@@ -173,10 +173,10 @@ def test_every_command_writes_whole_outputs(toy_run, digits_run, tmp_path, monke
     tiny = SweepConfig(ws=(0.0, 1.0), p_unconds=(0.1,), steps=(4,), samples_per_class=50, exact_samples_per_class=50,
                        detail_steps=4, ideal_ws=(1.0,), ideal_grid=16, corrector_ws=(), corrector_T=4,
                        metric_points=40, train_steps=3, tv_bins=8, boundary_w=1.0)
-    monkeypatch.setattr(SweepConfig, "fast", classmethod(lambda cls: tiny))
+    monkeypatch.setitem(SWEEPS, "fast", tiny)
     assert main(["toy-tradeoff", "--out", str(tmp_path / "tradeoff"), "--fast", "--no-progress"]) == 0
     assert_whole(tmp_path / "tradeoff", ["tradeoff.csv", "tradeoff.md", "tradeoff.png", "boundary_push.png",
-                                         "sweep_config.json", "models/p_uncond=0.1/model.pt"])
+                                         "sweep_config.json", "models/p_uncond=0.1,steps=3,seed=0/checkpoint.pt"])
 
 
 def test_a_failed_write_keeps_the_previous_file(digits_run, tmp_path, capsys, monkeypatch):
@@ -207,7 +207,7 @@ def test_a_path_error_during_the_run_is_one_line(tmp_path, capsys):
     """toy-tradeoff caches models in OUT/models/: a file there stops the run with the path and the reason."""
     (tmp_path / "models").write_text("not a folder")
     assert error_of(capsys, "toy-tradeoff", "--out", str(tmp_path), "--fast", "--train-steps", "2", "--no-progress") \
-        == f"cfgedu toy-tradeoff: error: {tmp_path / 'models' / 'p_uncond=0.1'}: Not a directory"
+        == f"cfgedu toy-tradeoff: error: {tmp_path / 'models' / 'p_uncond=0.1,steps=2,seed=0'}: Not a directory"
 
 
 @pytest.mark.parametrize("error", [PermissionError(13, "Permission denied", "/data/x"),

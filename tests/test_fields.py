@@ -3,10 +3,10 @@ import math
 import pytest
 import torch
 
-from cfgedu.toy.fields import (ConservativeProjection, as_float64, bilinear, cfg_field, check_2d, circulation,
-                           curl_from_jacobian, field_report, grid_values, helmholtz_hodge, implicit_classifier_error,
-                           jacobian, jacobian_fd, projection_sampling, relative_curl)
-from cfgedu.toy.grid import Grid2D
+from cfgedu.toy.fields import (as_float64, cfg_field, check_2d, circulation, curl_from_jacobian, field_report,
+                               implicit_classifier_error, jacobian, projection_sampling, relative_curl)
+from cfgedu.toy.grid import Grid2D, grid_values, jacobian_fd
+from cfgedu.toy.helmholtz import ConservativeProjection, bilinear, helmholtz_hodge
 from cfgedu.core.guidance import guided
 from cfgedu.nets.mlp import EnergyMLP, EpsMLP, MLPConfig
 

@@ -1,7 +1,9 @@
 import pytest
 import torch
+from cfgedu.engine.runs import load_checkpoint_model
+from saved import write_model_file
 
-from cfgedu.nets.registry import MODEL_KINDS, build_model, load_model, save_model
+from cfgedu.nets.registry import MODEL_KINDS, build_model
 from cfgedu.nets.mlp import EnergyMLP, EpsMLP, MLPConfig
 from cfgedu.core.schedule import alpha_sigma
 
@@ -94,10 +96,10 @@ def test_energy_training_graph_reaches_the_weights_and_no_grad_sampling_skips_it
 def test_saved_models_reload_identically_with_weights_only(tmp_path, models):
     z, lam, c = _inputs()
     for kind, model in zip(("mlp", "energy"), models):
-        path = save_model(tmp_path / f"{kind}.pt", model, kind)
+        path = write_model_file(tmp_path / f"{kind}.pt", model, kind)
         assert set(torch.load(path, weights_only=True)) == {"kind", "config", "state_dict"}
-        loaded = load_model(path, expected_kinds=(kind,))
+        loaded = load_checkpoint_model(path, kinds=(kind,))
         with torch.no_grad():
             torch.testing.assert_close(loaded(z, lam, c), model(z, lam, c))
-    with pytest.raises(ValueError, match="holds a 'mlp' model"):
-        load_model(tmp_path / "mlp.pt", expected_kinds=("energy",))
+    with pytest.raises(ValueError, match="holds a 'mlp' network"):
+        load_checkpoint_model(tmp_path / "mlp.pt", kinds=("energy",))

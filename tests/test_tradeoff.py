@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from cfgedu.core.schedule import LogSNRSchedule
-from cfgedu.toy.tradeoff import (COLUMNS, GUIDANCE_INTERVAL, SweepConfig, learned_models, linear_schedule_weight,
-                             run_sweep, write_outputs)
+from cfgedu.commands.toy_tradeoff import learned_models, run_name, write_outputs
+from cfgedu.toy.tradeoff import GUIDANCE_INTERVAL, SAMPLERS, SweepConfig, linear_schedule_weight, run_sweep
+from cfgedu.toy.tradeoff_tables import COLUMNS
 
 TINY = SweepConfig(ws=(0.0, 1.0, 3.0), p_unconds=(0.1,), steps=(12,), samples_per_class=200,
                    exact_samples_per_class=400, detail_steps=12, ideal_ws=(3.0,), ideal_grid=64,
@@ -84,10 +85,10 @@ def test_guidance_weights():
 def test_learned_models_are_trained_once_and_cached(tmp_path):
     config = SweepConfig(p_unconds=(0.5,), train_steps=5)
     models = learned_models(tmp_path, config, progress=False)
-    weights = tmp_path / "models" / "p_uncond=0.5" / "model.pt"
+    weights = tmp_path / run_name(0.5, config) / "checkpoint.pt"
     stamp = weights.stat().st_mtime_ns
     again = learned_models(tmp_path, config, progress=False)
-    assert weights.stat().st_mtime_ns == stamp  # loaded, not retrained
+    assert weights.stat().st_mtime_ns == stamp  # read back, not retrained
     z, lam, c = torch.randn(4, 2), torch.zeros(4), torch.tensor([0, 1, 2, 3])
     assert torch.allclose(models[0.5](z, lam, c), again[0.5](z, lam, c))
     assert models[0.5].num_classes == 3
@@ -105,14 +106,13 @@ def test_bad_configs():
 
 
 def test_interval_widget_full_interval_is_plain_cfg(toy_module):
-    from cfgedu.toy.tradeoff import SAMPLERS, draw
     from cfgedu.frontend.widgets import GuidanceIntervalWidget
 
     widget = GuidanceIntervalWidget(toy_module, w=2.0, per_class=60, steps=6, bins=16)
     assert "s = 1 + w = 3" in widget.readout.value
-    plain = draw(toy_module, 3, 2.0, 60, 6, SAMPLERS["ancestral-v0.3"], 0)
+    plain = SAMPLERS["ancestral-v0.3"].samples(toy_module, 3, 2.0, 60, 6, 0)
     assert torch.equal(widget.samples(2.0, -20.0, 20.0), plain)
-    unguided = draw(toy_module, 3, 0.0, 60, 6, SAMPLERS["ancestral-v0.3"], 0)
+    unguided = SAMPLERS["ancestral-v0.3"].samples(toy_module, 3, 0.0, 60, 6, 0)
     assert torch.equal(widget.samples(2.0, 5.0, 5.0), unguided)  # an empty interval guides nowhere
     widget.sliders["interval"].value = (-3.0, 3.0)
     assert "λ∈[-3, 3]" in widget.view.axes[1].get_title() and widget.update_seconds > 0

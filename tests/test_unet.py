@@ -3,10 +3,12 @@ import dataclasses
 
 import pytest
 import torch
+from cfgedu.engine.runs import load_checkpoint_model
+from saved import write_model_file
 
 from cfgedu.engine.flops import count_parameters, describe_experiment, forward_flops
 from cfgedu.core.guidance import guided
-from cfgedu.nets.registry import build_model, load_model, save_model
+from cfgedu.nets.registry import build_model
 from cfgedu.nets.embeddings import inv_cos, sinusoidal
 from cfgedu.nets.unet import UNet, UNetConfig
 from cfgedu.core.schedule import LogSNRSchedule
@@ -115,22 +117,22 @@ def test_lambda_embedding_is_the_cosine_schedule_time():
 def test_plain_resampling_variant_and_save_load_round_trip(tmp_path):
     config = dataclasses.replace(TINY, resblock_updown=False)
     model = perturbed(config)
-    save_model(tmp_path / "unet.pt", model, "unet")
-    loaded = load_model(tmp_path / "unet.pt", expected_kinds=("unet",))
+    write_model_file(tmp_path / "unet.pt", model, "unet")
+    loaded = load_checkpoint_model(tmp_path / "unet.pt", kinds=("unet",))
     z, lam, c = inputs(config, 3)
     assert loaded.config == config
     torch.testing.assert_close(loaded(z, lam, c), model(z, lam, c))
 
 
 def test_corrupted_and_foreign_files_give_clear_errors(tmp_path):
-    save_model(tmp_path / "unet.pt", perturbed(), "unet")
+    write_model_file(tmp_path / "unet.pt", perturbed(), "unet")
     data = (tmp_path / "unet.pt").read_bytes()
     (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match="not a readable cfgedu checkpoint"):
-        load_model(tmp_path / "cut.pt")
+        load_checkpoint_model(tmp_path / "cut.pt")
     torch.save({"weights": torch.zeros(3)}, tmp_path / "foreign.pt")
     with pytest.raises(ValueError, match="not a cfgedu model file"):
-        load_model(tmp_path / "foreign.pt")
+        load_checkpoint_model(tmp_path / "foreign.pt")
 
 
 def test_bad_inputs_raise_value_errors():

@@ -1,9 +1,10 @@
-"""`python -m cfgedu fields --checkpoint DIR/model.pt --out DIR2`: how far from a gradient is the CFG field?"""
+"""`python -m cfgedu fields --checkpoint RUN --out DIR`: how far from a gradient is the CFG field?"""
 from __future__ import annotations
 
 from pathlib import Path
 
 from ._paths import output_folder
+from .figure2 import TOY_KINDS
 
 # Grid points per side: finite differences need 3 and say little below 8; memory grows as grid² (measured peak:
 # 0.6 GB at 96, 1.5 GB at 256, 4.8 GB at 512, 12+ GB at 1024).
@@ -15,7 +16,8 @@ HELP = ("Measure how far the CFG field (1 + w)·ε(z, c) − w·ε(z, ∅) (s = 
 
 
 def add_arguments(parser):
-    parser.add_argument("--checkpoint", type=Path, required=True, help="a toy model.pt written by toy-train")
+    parser.add_argument("--checkpoint", type=Path, required=True,
+                        help="a toy run folder from toy-train (or its checkpoint.pt, or an older model.pt)")
     parser.add_argument("--out", type=Path, required=True, help="output folder for fields.json and the plots")
     parser.add_argument("--w", type=float, nargs="+", default=[0.0, 1.0, 3.0], help="guidance strengths (paper's w)")
     parser.add_argument("--lam", type=float, nargs="+", default=[-4.0, 0.0, 4.0], help="log-SNR levels λ")
@@ -29,19 +31,20 @@ def run(args) -> None:
 
     matplotlib.use("Agg")
     from ..core.checks import check_in_range
-    from ..toy.fields import (as_float64, cfg_field, fields_table, grid_values, helmholtz_hodge, plot_curl_panels,
-                          plot_helmholtz)
-    from ..toy.mixture import GaussianMixture
-    from ..toy.grid import Grid2D
     from ..core.guidance import check_w
     from ..core.io import atomic_savefig, atomic_write_json
-    from ..nets.registry import load_model
+    from ..engine.runs import load_checkpoint_model
+    from ..frontend.plotting import plot_curl_panels, plot_helmholtz
+    from ..toy.fields import as_float64, cfg_field, fields_table
+    from ..toy.grid import Grid2D, grid_values
+    from ..toy.helmholtz import helmholtz_hodge
+    from ..toy.mixture import GaussianMixture
 
     output_folder(args.out)
     check_in_range("--grid (points per side)", args.grid, *GRID_SIDES)
     args.w = [check_w(w) for w in args.w]
     mixture = GaussianMixture.three_gaussians()
-    learned = load_model(args.checkpoint, expected_kinds=("mlp", "energy"))
+    learned = load_checkpoint_model(args.checkpoint, kinds=TOY_KINDS)
     grid = Grid2D(3.0, args.grid)
     rows = fields_table({"exact": mixture, "learned": learned}, mixture, args.w, args.lam, args.label, grid)
     atomic_write_json({"checkpoint": str(args.checkpoint), "class": args.label, "grid": grid.to_dict(), "rows": rows},

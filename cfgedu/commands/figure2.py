@@ -5,6 +5,8 @@ from pathlib import Path
 
 from ._paths import output_folder
 
+TOY_KINDS = ("mlp", "energy")  # the 2D networks a toy command can take
+
 HELP = ("Reproduce Figure 2 (three Gaussians, guided conditionals at increasing w) from exact scores, and "
         "sample each panel with Algorithm 2 to measure the total-variation distance to the tilted target.")
 
@@ -18,22 +20,24 @@ def add_arguments(parser):
     parser.add_argument("--steps", type=int, default=256, help="sampling steps T")
     parser.add_argument("--v", type=float, default=0.3, help="variance interpolation exponent v in [0, 1]")
     parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="a toy model.pt from toy-train: adds a row of CFG samples from the learned scores")
+                        help="a toy run folder from toy-train (or its checkpoint.pt, or an older model.pt): adds a row "
+                             "of CFG samples from the learned scores")
 
 
 def run(args) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
-    from ..toy.figure2 import compute_figure2, plot_figure2
-    from ..toy.mixture import GaussianMixture
     from ..core.guidance import check_w
     from ..core.io import atomic_savefig, atomic_write_json
-    from ..nets.registry import load_model
+    from ..engine.runs import load_checkpoint_model
+    from ..frontend.plotting import plot_figure2
+    from ..toy.figure2 import compute_figure2
+    from ..toy.mixture import GaussianMixture
 
     output_folder(args.out)
     args.w = [check_w(w) for w in args.w]
-    learned = {"learned": load_model(args.checkpoint, expected_kinds=("mlp", "energy"))} if args.checkpoint else {}
+    learned = {"learned": load_checkpoint_model(args.checkpoint, kinds=TOY_KINDS)} if args.checkpoint else {}
     result = compute_figure2(GaussianMixture.three_gaussians(), args.w, samples_per_class=args.samples_per_class,
                              steps=args.steps, v=args.v, seed=args.seed, learned=learned)
     atomic_savefig(plot_figure2(result), args.out / "figure2.png", dpi=120)

@@ -25,15 +25,55 @@ def run(args) -> None:
     import torch
 
     matplotlib.use("Agg")
-    from ..toy.tradeoff import SweepConfig, learned_models, run_sweep, with_overrides, write_outputs
+    from ..toy.tradeoff import SWEEPS, run_sweep, with_overrides
 
     output_folder(args.out)
     torch.set_num_threads(args.threads)
-    base = SweepConfig.fast() if args.fast else SweepConfig()
-    config = with_overrides(base, train_steps=args.train_steps, seed=args.seed)
+    config = with_overrides(SWEEPS["fast" if args.fast else "full"], train_steps=args.train_steps, seed=args.seed)
     progress = not args.no_progress
-    models = learned_models(args.out, config, progress=progress)
+    models = learned_models(args.out / "models", config, progress=progress)
     sweep = run_sweep(config, models, progress=progress)
     paths = write_outputs(sweep, args.out)
     print(paths["md"].read_text())
     print(f"wrote {', '.join(str(p) for p in paths.values())}; sweep {sweep.seconds:.0f} s")
+
+
+def learned_models(folder: Path, config, progress: bool = True) -> dict:
+    """The toy ε-MLP of every p_uncond of the sweep: a run folder each under `folder`, trained by the toy preset the
+    first time and read back (the run is already at its last step) every time after."""
+    from ..engine.experiment import train_experiment
+    from ..engine.presets import toy_experiment
+
+    runs = {p: toy_experiment("mlp", config.train_steps, p_uncond=p, seed=config.seed) for p in config.p_unconds}
+    return {p: train_experiment(experiment, folder / run_name(p, config), preset_name="toy", progress=progress).ema.eval()
+            for p, experiment in runs.items()}
+
+
+def run_name(p_uncond: float, config) -> str:
+    """The run folder of one learned model: its p_uncond, steps and seed, so another sweep never reuses it."""
+    return f"p_uncond={p_uncond:g},steps={config.train_steps},seed={config.seed}"
+
+
+def write_outputs(sweep, out: Path) -> dict[str, Path]:
+    """tradeoff.csv, tradeoff.md, tradeoff.png (FD against IS), boundary_push.png and sweep_config.json in out."""
+    from dataclasses import asdict
+
+    import matplotlib.pyplot as plt
+
+    from ..core.io import atomic_savefig, atomic_write_json, atomic_write_text
+    from ..frontend.plotting import plot_boundary_push, plot_tradeoff
+    from ..toy.mixture import GaussianMixture
+    from ..toy.tradeoff_tables import csv_text, tables_markdown
+
+    paths = {"csv": atomic_write_text(csv_text(sweep), out / "tradeoff.csv"),
+             "md": atomic_write_text(tables_markdown(sweep), out / "tradeoff.md"),
+             "config": atomic_write_json(asdict(sweep.config), out / "sweep_config.json")}
+    mixture = GaussianMixture.three_gaussians()
+    for key, draw in (("plot", lambda ax: plot_tradeoff(sweep, ax)),
+                      ("boundary", lambda ax: plot_boundary_push(sweep, mixture, ax=ax))):
+        fig, ax = plt.subplots(figsize=(6.5, 4.5))
+        draw(ax)
+        fig.tight_layout()
+        paths[key] = atomic_savefig(fig, out / f"{'tradeoff' if key == 'plot' else 'boundary_push'}.png", dpi=120)
+        plt.close(fig)
+    return paths

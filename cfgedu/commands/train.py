@@ -28,30 +28,41 @@ def add_arguments(parser):
 
 
 def run(args) -> None:
-    import os
-
     from ..core.configs import apply_overrides
-
     from ..engine.presets import preset
-    from ..engine.experiment import train_experiment
 
     output_folder(args.out)  # before anything is built
-    if args.threads < 0:
-        raise ValueError(f"--threads must be >= 0, got {args.threads}")
-    if args.threads:
+    set_threads(args.threads)
+    train_and_report(apply_overrides(preset(args.preset), override_pairs(args.overrides)), args.out, args.preset,
+                     resume=args.resume, progress=not args.no_progress)
+
+
+def set_threads(threads: int) -> None:
+    """torch's CPU threads (0 keeps its default)."""
+    if threads < 0:
+        raise ValueError(f"--threads must be >= 0, got {threads}")
+    if threads:
         import torch
 
-        torch.set_num_threads(args.threads)
-    experiment = apply_overrides(preset(args.preset), override_pairs(args.overrides))
+        torch.set_num_threads(threads)
+
+
+def train_and_report(experiment, out: Path, preset_name: str, *, resume: bool = False, progress: bool = True):
+    """Train or resume the experiment in `out` and say on rank 0 what was done; returns the TrainResult."""
+    import os
+
+    from ..engine.experiment import train_experiment
+
     try:
-        result = train_experiment(experiment, args.out, preset_name=args.preset, require_checkpoint=args.resume,
-                                  progress=not args.no_progress)
+        result = train_experiment(experiment, out, preset_name=preset_name, require_checkpoint=resume,
+                                  progress=progress)
     except FloatingPointError as error:  # a diverged run: one line, like every other CLI error
         raise ValueError(str(error)) from None
     if os.environ.get("RANK", "0") != "0":
-        return
+        return result
     if result.resumed_from == result.step:
-        print(f"nothing to do: {args.out} already holds step {result.step} (--steps {result.step}); nothing was "
+        print(f"nothing to do: {out} already holds step {result.step} (--steps {result.step}); nothing was "
               f"written (ask for more --steps to continue it)")
     else:
-        print(f"trained to step {result.step} in {result.seconds:.1f} s; wrote {args.out / 'checkpoint.pt'}")
+        print(f"trained to step {result.step} in {result.seconds:.1f} s; wrote {out / 'checkpoint.pt'}")
+    return result

@@ -76,11 +76,20 @@ def _type_name(annotation) -> str:
     return annotation.__name__ if isinstance(annotation, type) else str(annotation).replace("typing.", "")
 
 
-def apply_overrides(config, overrides: dict[str, str]):
-    """A copy of the frozen dataclass `config` with each "key": "text" parsed into the field's type.
+def _override_value(value, annotation, name: str):
+    """A string parsed into the field's type (the command line), or a value already of that type (Python)."""
+    if isinstance(value, str) and annotation is not str:
+        return parse_value(value, annotation, name)
+    if not _fits(value, annotation):
+        raise ValueError(f"--{name} must be {_type_name(annotation)}, got {reprlib.repr(value)}")
+    return tuple(value) if isinstance(value, list) else value
+
+
+def apply_overrides(config, overrides: dict):
+    """A copy of the frozen dataclass `config` with each "key": value set, a string value parsed into the field's type.
 
     Keys are field names; a nested dataclass field is "outer.inner", or just "inner" when that is unique.
-    Unknown keys, ambiguous keys and unreadable values raise ValueError naming the option.
+    Unknown keys, ambiguous keys and unreadable or mistyped values raise ValueError naming the option.
     """
     nested: dict[str, dict[str, str]] = {}
     changes = {}
@@ -91,7 +100,7 @@ def apply_overrides(config, overrides: dict[str, str]):
         if rest:
             nested.setdefault(head, {})[rest] = text
         else:
-            changes[head] = parse_value(text, hints[head], full)
+            changes[head] = _override_value(text, hints[head], full)
     for head, inner in nested.items():
         changes[head] = apply_overrides(getattr(config, head), inner)
     return dataclasses.replace(config, **changes)

@@ -52,6 +52,13 @@ def cfg_combine(cond: torch.Tensor, uncond: torch.Tensor, w: torch.Tensor | floa
     return cond + w * (cond - uncond)
 
 
+def cond_and_uncond(eps_model: EpsModel, z: torch.Tensor, lam: torch.Tensor, c: torch.Tensor,
+                    null_label: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """ε(z, c) and ε(z, ∅), each (B, *data_shape), from one doubled batch (cond + null) through eps_model."""
+    null = torch.full_like(c, null_label)
+    return eps_model(torch.cat([z, z]), torch.cat([lam, lam]), torch.cat([c, null])).chunk(2)
+
+
 class Guided:
     """An eps_model that applies CFG with strength w to `eps_model`, using one doubled batch (cond + null).
 
@@ -71,9 +78,7 @@ class Guided:
     def __call__(self, z: torch.Tensor, lam: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         if not callable(self.w) and self.w == 0:
             return self.eps_model(z, lam, c)
-        null = torch.full_like(c, self.null_label)
-        both = self.eps_model(torch.cat([z, z]), torch.cat([lam, lam]), torch.cat([c, null]))
-        cond, uncond = both.chunk(2)  # (B, *data_shape) each
+        cond, uncond = cond_and_uncond(self.eps_model, z, lam, c, self.null_label)
         return cfg_combine(cond, uncond, self.weight(lam, cond))
 
 

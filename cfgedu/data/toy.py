@@ -31,18 +31,8 @@ class ToyData:
         if size < 1 or world_size < 1 or not 0 <= rank < world_size or step < 0 or micro < 0:
             raise ValueError(f"bad batch request: step={step}, micro={micro}, rank={rank}, "
                              f"world_size={world_size}, size={size}")
-        return draw_labelled(self.mixture, size, make_generator(derive_seed(self.seed, step, micro, rank)))
-
-
-def draw_labelled(mixture: GaussianMixture, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """n draws (x, c) ~ p(x, c): labels from the mixture weights, then x ~ p(x|c); float32 (n, D) and (n,)."""
-    labels = torch.multinomial(mixture.weights, n, replacement=True, generator=generator)
-    x = torch.empty(n, mixture.dim, dtype=torch.float64)
-    for k in range(mixture.num_classes):
-        chosen = labels == k
-        if chosen.any():
-            x[chosen] = mixture.sample(int(chosen.sum()), k, generator)
-    return x.float(), labels
+        x, c = self.mixture.sample_labelled(size, make_generator(derive_seed(self.seed, step, micro, rank)))
+        return x.float(), c
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ import dataclasses
 import difflib
 from typing import Callable
 
+from ..core.configs import apply_overrides
 from ..data.digits import DigitsData
 from ..data.imagenet64 import ImageNet64Source
 from ..data.toy import MixtureSamples, ToyMixture
@@ -38,6 +39,15 @@ def toy() -> Experiment:
 def toy_energy() -> Experiment:
     """The toy's energy-parameterised twin: ε = σ·∇_z U, so every CFG field it gives is a gradient."""
     return dataclasses.replace(toy(), kind="energy")
+
+
+def toy_experiment(kind: str = "mlp", steps: int = TOY_STEPS, **overrides) -> Experiment:
+    """The toy preset of `kind` ("mlp" or "energy") for `steps` steps with its EMA fitted to that length
+    (toy_ema_decay), and any other field set by keyword (apply_overrides: p_uncond=0.5, width=64, ...)."""
+    base = {"mlp": toy, "energy": toy_energy}
+    if kind not in base:
+        raise ValueError(f"the toy network kind must be one of {', '.join(base)}; got {kind!r}")
+    return apply_overrides(base[kind](), {"steps": steps, "ema_decay": toy_ema_decay(steps), **overrides})
 
 
 def toy_tiny() -> Experiment:

@@ -107,12 +107,23 @@ def read_checkpoint(path: Path, map_location="cpu") -> dict:
     return check_checkpoint(safe_torch_load(path, map_location), path)
 
 
-def load_checkpoint_model(path: Path, use_ema: bool = True, map_location="cpu") -> nn.Module:
-    """The network of a training checkpoint (a file, or a folder holding checkpoint.pt), in eval mode."""
+def load_checkpoint_model(path: Path, use_ema: bool = True, kinds: tuple[str, ...] | None = None,
+                          map_location="cpu") -> nn.Module:
+    """The network of a run (its folder or its checkpoint.pt; EMA weights unless use_ema=False), in eval mode.
+
+    A model.pt written by toy-train before it wrote run folders ({kind, config, state_dict}) loads too. `kinds`,
+    when given, are the network kinds the caller can use."""
     path = Path(path)
     path = path / CHECKPOINT if path.is_dir() else path
-    checkpoint = read_checkpoint(path, map_location)
-    return rebuild_model({**checkpoint["model"], "ema": checkpoint["ema"]}, path, "ema" if use_ema else "state_dict")
+    saved = safe_torch_load(path, map_location)
+    if isinstance(saved, dict) and "optimizer" in saved:
+        checkpoint = check_checkpoint(saved, path)
+        record, weights = {**checkpoint["model"], "ema": checkpoint["ema"]}, "ema" if use_ema else "state_dict"
+    else:
+        record, weights = check_entries(saved, MODEL_ENTRIES, path, "cfgedu run or model file"), "state_dict"
+    if kinds and record["kind"] not in kinds:
+        raise ValueError(f"{path} holds a {record['kind']!r} network; this command needs one of {', '.join(kinds)}")
+    return rebuild_model(record, path, weights)
 
 
 def append_metrics(out_dir: Path, record: dict) -> None:

@@ -1,9 +1,17 @@
 """Matplotlib helpers: each takes an ax and data and returns the ax (or the artist it draws)."""
 from __future__ import annotations
 
+import matplotlib.pyplot as plt
 import torch
 
-from ..toy.grid import Grid2D
+from ..core.guidance import EpsModel
+from ..toy.fields import as_float64, cfg_field, curl_from_jacobian, jacobian, relative_curl
+from ..toy.figure2 import Figure2
+from ..toy.grid import Grid2D, grid_values, mix
+from ..toy.helmholtz import HelmholtzHodge
+from ..toy.metrics import radial_distances
+from ..toy.mixture import GaussianMixture
+from ..toy.tradeoff import Sweep
 
 
 def _bare(ax, title: str | None):
@@ -41,3 +49,106 @@ def sample_histogram(ax, grid: Grid2D, samples: torch.Tensor, bins: int = 128, w
     """Show samples (N, 2) or (K, N, 2) as a histogram image on the grid's extent; returns the AxesImage."""
     coarse = Grid2D(grid.half_width, bins)
     return density_image(ax, coarse, histogram_density(grid, samples, bins, weights), title=title, cmap=cmap)
+
+
+# ---- the toy's figures ----
+
+def plot_figure2(result: Figure2, display_bins: int = 128):
+    """Row 1: the unguided marginal and the mixtures of normalised guided conditionals (the paper's figure).
+    Further rows: histograms of CFG samples from each sampler, annotated with the mean TV to the target."""
+    names = list(result.panels[0].samples)
+    fig, axes = plt.subplots(1 + len(names), len(result.panels), figsize=(3.2 * len(result.panels), 3.2 * (1 + len(names))),
+                             squeeze=False)
+    for j, panel in enumerate(result.panels):
+        target = mix(result.mixture, panel.densities)
+        title = "unguided marginal" if j == 0 else f"w = {panel.w:g} (s = {1 + panel.w:g})"
+        density_image(axes[0, j], result.grid, target, title=f"target: {title}")
+        for i, name in enumerate(names, start=1):
+            tv = sum(result.histogram(panel.samples[name][c], panel.densities[c])
+                     for c in range(result.mixture.num_classes)) / result.mixture.num_classes
+            floor = sum(result.noise_floors[j]) / len(result.noise_floors[j])
+            sample_histogram(axes[i, j], result.grid, panel.samples[name], display_bins,
+                             weights=result.mixture.weights, title=f"{name} CFG: TV {tv:.3f} (floor {floor:.3f})")
+    fig.tight_layout()
+    return fig
+
+
+def plot_curl_panels(eps_model: EpsModel, ws, lams, c: int = 0, grid: Grid2D = Grid2D(3.0, 96), title: str = ""):
+    """Rows λ, columns w: the curl of the CFG field as a diverging heatmap, with the streamlines of the guided
+    score −ε̃/σ on top; each title gives the relative curl."""
+    model = as_float64(eps_model)
+    fig, axes = plt.subplots(len(lams), len(ws), figsize=(3.2 * len(ws), 3.2 * len(lams)), squeeze=False)
+    h, axis = grid.half_width, grid.axis.numpy()
+    for i, lam in enumerate(lams):
+        for j, w in enumerate(ws):
+            field = cfg_field(model, lam, c, w)
+            jac = jacobian(field, grid.points())
+            curl = curl_from_jacobian(jac).reshape(grid.n, grid.n).numpy()
+            values = -grid_values(field, grid).numpy()  # the guided score direction: toward the modes
+            limit = max(abs(curl).max(), 1e-12)
+            ax = axes[i, j]
+            ax.imshow(curl, origin="lower", extent=(-h, h, -h, h), cmap="RdBu_r", vmin=-limit, vmax=limit)
+            ax.streamplot(axis, axis, values[..., 0], values[..., 1], color="k", linewidth=0.5, density=0.8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"λ = {lam:g}, w = {w:g} (s = {1 + w:g})\nrelative curl {relative_curl(jac):.1e}", fontsize=8)
+    fig.suptitle(title or "curl of the CFG field (colour) and its streamlines", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_helmholtz(split: HelmholtzHodge, title: str = ""):
+    """The field, its gradient part ∇φ and its rotational part ∇^⊥ψ as streamlines; ψ shaded under the last."""
+    h, axis = split.grid.half_width, split.grid.axis.numpy()
+    fig, axes = plt.subplots(1, 3, figsize=(9.6, 3.4))
+    parts = (("field $f$", split.field), (r"gradient part $\nabla\varphi$", split.gradient),
+             (r"rotational part $\nabla^\perp\psi$ over $\psi$", split.rotational))
+    for ax, (name, values) in zip(axes, parts):
+        values = values.numpy()
+        if ax is axes[2]:
+            ax.imshow(split.stream.numpy(), origin="lower", extent=(-h, h, -h, h), cmap="PuOr")
+        ax.streamplot(axis, axis, values[..., 0], values[..., 1], color="k", linewidth=0.5, density=0.8)
+        ax.set_xlim(-h, h)
+        ax.set_ylim(-h, h)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(name, fontsize=9)
+    fig.suptitle(title or f"Helmholtz–Hodge: rotational energy fraction {split.rotational_energy_fraction:.1e}",
+                 fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_tradeoff(sweep: Sweep, ax=None):
+    """FD against IS (Bayes): one curve per p_uncond (learned, largest T), the exact-ε* curve, and interval /
+    schedule points; w increases along each curve."""
+    ax = ax or plt.subplots(figsize=(6, 4.5))[1]
+    T = max(sweep.config.steps)
+    curves = [(f"learned p_uncond={p:g}", sweep.select(model="learned", p_uncond=p, T=T), "-o")
+              for p in sweep.config.p_unconds]
+    curves += [("exact ε*", sweep.select(model="exact", sampler="ancestral-v0.3", T=T), "-k^"),
+               ("exact, guidance interval", sweep.select(model="exact", sampler="interval"), "s"),
+               ("exact, linear w schedule", sweep.select(model="exact", sampler="schedule"), "D")]
+    for label, rows, style in curves:
+        if rows:
+            ax.plot([r["is_bayes"] for r in rows], [r["fd"] for r in rows], style, label=label, ms=4)
+    ax.set_xlabel("IS with the exact Bayes posterior (higher: more class-typical)")
+    ax.set_ylabel("Fréchet distance to the data (lower: closer)")
+    ax.set_title(f"Guidance trade-off on the toy (w from {min(sweep.config.ws):g} to {max(sweep.config.ws):g})")
+    ax.legend(fontsize=8)
+    return ax
+
+
+def plot_boundary_push(sweep: Sweep, mixture: GaussianMixture, c: int = 0, ax=None):
+    """Histograms of ‖x − μ_c‖ for class c: the target π_w against each sampler (SPEC 4.5, item 4)."""
+    ax = ax or plt.subplots(figsize=(6, 4))[1]
+    bins = torch.linspace(0, 3, 61)
+    for label, samples in sweep.boundary.items():
+        r = radial_distances(samples[c], mixture.means[c])
+        ax.hist(r.numpy(), bins=bins.numpy(), density=True, histtype="step", lw=2 if label == "target" else 1,
+                color="k" if label == "target" else None, label=f"{label} (mean {r.mean():.2f})")
+    ax.set_xlabel(f"distance from the class-{c} mean μ_{c}")
+    ax.set_ylabel("density")
+    ax.set_title(f"Boundary push at w = {sweep.config.boundary_w:g}")
+    ax.legend(fontsize=7)
+    return ax

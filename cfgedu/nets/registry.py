@@ -18,7 +18,6 @@ import torch
 from torch.nn.modules.module import register_module_parameter_registration_hook
 
 from ..core.configs import config_from_dict
-from ..core.io import atomic_torch_save, safe_torch_load
 from .mlp import EnergyMLP, EpsMLP, MLPConfig
 from .unet import UNet, UNetConfig
 
@@ -45,19 +44,6 @@ def model_record(model: torch.nn.Module, kind: str, state_dict: dict | None = No
     """The saved form of a network: kind, config and (by default its own) weights."""
     return {"kind": kind, "config": dataclasses.asdict(model.config),
             "state_dict": state_dict if state_dict is not None else model.state_dict()}
-
-
-def save_model(path: Path, model: torch.nn.Module, kind: str, state_dict: dict | None = None) -> Path:
-    """Write model_record(...) atomically to `path`."""
-    return atomic_torch_save(model_record(model, kind, state_dict), path)
-
-
-def load_model(path: Path, expected_kinds: tuple[str, ...] | None = None, map_location="cpu") -> torch.nn.Module:
-    """Rebuild a saved network in eval mode; clear errors for missing, corrupt, foreign or hand-edited files."""
-    record = check_entries(safe_torch_load(path, map_location), MODEL_ENTRIES, path, "cfgedu model file")
-    if expected_kinds and record["kind"] not in expected_kinds:
-        raise ValueError(f"{path} holds a {record['kind']!r} model; this command needs one of {', '.join(expected_kinds)}")
-    return rebuild_model(record, path)
 
 
 # ---------------------------------------------------------------------------------------------- checking saved files

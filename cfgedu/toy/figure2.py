@@ -10,9 +10,9 @@ import torch
 from ..core.checks import check_finite, check_positive_int
 from .mixture import GaussianMixture
 from .grid import Grid2D, HistogramTV, mix, moments, tilted_densities, tv_between
-from ..core.guidance import EpsModel, guided
-from ..core.samplers import sample
+from ..core.guidance import EpsModel
 from ..core.tensors import make_generator
+from .sampling import class_samples
 
 
 @dataclass
@@ -52,16 +52,6 @@ class Figure2:
                            for i, panel in enumerate(self.panels)]}
 
 
-def cfg_samples(eps_model: EpsModel, num_classes: int, w: float, n_per_class: int, *, steps: int, v: float,
-                generator: torch.Generator, method: str = "ancestral", dtype=torch.float64) -> torch.Tensor:
-    """n_per_class CFG samples for every class in one batch, returned as (K, n, 2)."""
-    labels = torch.arange(num_classes).repeat_interleave(n_per_class)
-    with torch.no_grad():  # a learned network would otherwise keep the graph of every step
-        x = sample(guided(eps_model, w, null_label=num_classes), (2,), labels, generator=generator, steps=steps,
-                   v=v, method=method, dtype=dtype)
-    return x.to(torch.float64).reshape(num_classes, n_per_class, 2)
-
-
 def compute_figure2(mixture: GaussianMixture, ws=(1.0, 4.0, 16.0), *, samples_per_class: int = 20_000,
                     steps: int = 256, v: float = 0.3, seed: int = 0, grid: Grid2D | None = None, bins: int = 32,
                     learned: dict[str, EpsModel] | None = None) -> Figure2:
@@ -78,32 +68,8 @@ def compute_figure2(mixture: GaussianMixture, ws=(1.0, 4.0, 16.0), *, samples_pe
         panel = Panel(w, tilted_densities(mixture, grid, w))
         for name, model in models.items():
             dtype = torch.float64 if name == "exact" else torch.float32
-            panel.samples[name] = cfg_samples(model, mixture.num_classes, w, samples_per_class, steps=steps, v=v,
-                                              generator=generator, dtype=dtype)
+            panel.samples[name] = class_samples(model, mixture.num_classes, w, samples_per_class, steps=steps, v=v,
+                                                generator=generator, dtype=dtype)
         floors.append([histogram.noise_floor(d, samples_per_class, generator) for d in panel.densities])
         panels.append(panel)
     return Figure2(mixture, grid, histogram, panels, floors, time.perf_counter() - start)
-
-
-def plot_figure2(result: Figure2, display_bins: int = 128):
-    """Row 1: the unguided marginal and the mixtures of normalised guided conditionals (the paper's figure).
-    Further rows: histograms of CFG samples from each sampler, annotated with the mean TV to the target."""
-    import matplotlib.pyplot as plt
-
-    from ..frontend.plotting import density_image, sample_histogram
-
-    names = list(result.panels[0].samples)
-    fig, axes = plt.subplots(1 + len(names), len(result.panels), figsize=(3.2 * len(result.panels), 3.2 * (1 + len(names))),
-                             squeeze=False)
-    for j, panel in enumerate(result.panels):
-        target = mix(result.mixture, panel.densities)
-        title = "unguided marginal" if j == 0 else f"w = {panel.w:g} (s = {1 + panel.w:g})"
-        density_image(axes[0, j], result.grid, target, title=f"target: {title}")
-        for i, name in enumerate(names, start=1):
-            tv = sum(result.histogram(panel.samples[name][c], panel.densities[c])
-                     for c in range(result.mixture.num_classes)) / result.mixture.num_classes
-            floor = sum(result.noise_floors[j]) / len(result.noise_floors[j])
-            sample_histogram(axes[i, j], result.grid, panel.samples[name], display_bins,
-                             weights=result.mixture.weights, title=f"{name} CFG: TV {tv:.3f} (floor {floor:.3f})")
-    fig.tight_layout()
-    return fig

@@ -5,6 +5,7 @@ The tilted target of Sec. 3.1: π_w(x|c) ∝ p(x|c)·p(c|x)^w ∝ p(x|c)^{1+w} p
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -84,6 +85,18 @@ def moments(grid: Grid2D, density: torch.Tensor) -> tuple[float, torch.Tensor, t
     mean = masses @ points / mass
     centred = points - mean
     return mass.item(), mean, (centred * masses[:, None]).T @ centred / mass
+
+
+def grid_values(field: Callable[[torch.Tensor], torch.Tensor], grid: Grid2D) -> torch.Tensor:
+    """The field at the grid's cell centres, float64 (n, n, 2) [y, x, component]."""
+    with torch.no_grad():
+        return field(grid.points()).detach().to(torch.float64).reshape(grid.n, grid.n, 2)
+
+
+def jacobian_fd(values: torch.Tensor, grid: Grid2D) -> torch.Tensor:
+    """J by central differences on the grid (one-sided at the edges), (n·n, 2, 2) row-major like grid.points()."""
+    d_dy, d_dx = torch.gradient(values, spacing=grid.cell, dim=(0, 1))  # (n, n, 2) each
+    return torch.stack([d_dx, d_dy], dim=-1).reshape(-1, 2, 2)  # J[..., i, j] = ∂f_i/∂z_j
 
 
 def tv_between(grid: Grid2D, p: torch.Tensor, q: torch.Tensor) -> float:

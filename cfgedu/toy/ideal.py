@@ -22,6 +22,7 @@ import torch
 from ..core.checks import check_finite, check_labels
 from .mixture import GaussianMixture
 from .grid import Grid2D, mix, tilted_densities
+from ..core.parameterization import x_to_eps
 from ..core.schedule import LogSNRSchedule, alpha_sigma
 
 
@@ -80,6 +81,4 @@ class IdealTiltedModel:
 
     def __call__(self, z: torch.Tensor, lam: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """ε_ideal = (z − α E[x|z]) / σ."""
-        alpha, sigma = alpha_sigma(lam.to(torch.float64))
-        eps = (z.to(torch.float64) - alpha[:, None] * self.x_hat(z, lam, c)) / sigma[:, None]
-        return eps.to(z.dtype)
+        return x_to_eps(z.to(torch.float64), self.x_hat(z, lam, c), lam.to(torch.float64)).to(z.dtype)

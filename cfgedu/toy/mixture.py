@@ -11,6 +11,7 @@ import math
 import torch
 
 from ..core.checks import check_batch, check_labels, check_positive_int
+from ..core.parameterization import eps_to_score, eps_to_x
 from ..core.schedule import alpha_sigma
 
 
@@ -123,19 +124,16 @@ class GaussianMixture:
 
     def score(self, z: torch.Tensor, lam: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """∇_z log p_λ(z|c) = −ε*/σ (c = K for the marginal), float64 (B, D)."""
-        _, sigma = alpha_sigma(lam.to(torch.float64))
-        return -self.eps(z, lam, c) / sigma[:, None]
+        return eps_to_score(self.eps(z, lam, c), lam.to(torch.float64))
 
     def implicit_classifier_gradient(self, z: torch.Tensor, lam: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """∇_z log p_λ(c|z) = −(ε*(z, c) − ε*(z))/σ, float64 (B, D)."""
         null = torch.full_like(c, self.num_classes)
-        _, sigma = alpha_sigma(lam.to(torch.float64))
-        return -(self.eps(z, lam, c) - self.eps(z, lam, null)) / sigma[:, None]
+        return eps_to_score(self.eps(z, lam, c) - self.eps(z, lam, null), lam.to(torch.float64))
 
     def x_hat(self, z: torch.Tensor, lam: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """Tweedie's E[x|z_λ, c] = (z − σ ε*)/α, float64 (B, D)."""
-        alpha, sigma = alpha_sigma(lam.to(torch.float64))
-        return (z.to(torch.float64) - sigma[:, None] * self.eps(z, lam, c)) / alpha[:, None]
+        return eps_to_x(z.to(torch.float64), self.eps(z, lam, c), lam.to(torch.float64))
 
     def sample(self, n: int, c: int | None, generator: torch.Generator) -> torch.Tensor:
         """n clean draws from p(x|c), or from the mixture when c is None; float64 (n, D)."""
@@ -148,3 +146,13 @@ class GaussianMixture:
         noise = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
         scale = self.eigenvectors[labels] * self.eigenvalues[labels].sqrt()[:, None, :]  # (n, D, D): U diag(√ℓ)
         return self.means[labels] + torch.einsum("nde,ne->nd", scale, noise)
+
+    def sample_labelled(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """n clean draws (x, c) ~ p(x, c): labels from the weights, then x ~ p(x|c); float64 (n, D) and (n,)."""
+        labels = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        x = torch.empty(n, self.dim, dtype=torch.float64)
+        for k in range(self.num_classes):
+            chosen = labels == k
+            if chosen.any():
+                x[chosen] = self.sample(int(chosen.sum()), k, generator)
+        return x, labels

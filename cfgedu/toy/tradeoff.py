@@ -9,33 +9,26 @@ correctors, guidance on a λ interval and a w schedule.
 """
 from __future__ import annotations
 
-import csv
-import io
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
 
 from ..core.checks import check_positive_int
-from .correctors import LangevinCorrector
-from .mixture import GaussianMixture
-from .grid import Grid2D, HistogramTV, sample_from_grid, tilted_densities
-from ..core.guidance import EpsModel, guided, interval_weight
-from .ideal import IdealTiltedModel
-from ..core.io import atomic_savefig, atomic_write_json, atomic_write_text
-from .metrics import (bayes_inception_score, fit_logistic_classifier, frechet_per_class, frechet_pooled, kl_to_grid,
-                      knn_entropy, logistic_inception_score, mmd2_rbf, precision_recall, radial_distances)
-from ..core.samplers import sample
+from ..core.guidance import EpsModel, interval_weight
 from ..core.schedule import LogSNRSchedule
 from ..core.tensors import make_generator
+from .correctors import LangevinCorrector
+from .grid import Grid2D, HistogramTV, sample_from_grid, tilted_densities
+from .ideal import IdealTiltedModel
+from .metrics import (bayes_inception_score, fit_logistic_classifier, frechet_per_class, frechet_pooled, kl_to_grid,
+                      knn_entropy, logistic_inception_score, mmd2_rbf, precision_recall)
+from .mixture import GaussianMixture
+from .sampling import class_samples
 
-COLUMNS = ("model", "sampler", "p_uncond", "T", "w", "fd", "is_bayes", "is_logreg", "precision", "recall",
-           "tv_to_target", "tv_noise_floor", "fd_class", "kl_to_target", "mmd2", "entropy", "corrector_steps",
-           "seconds")
 # Kynkäänniemi et al. (2024) guide for EDM σ in (0.28, 5.42]: λ = −2 log σ in [−3.38, 2.55] (our transfer).
 GUIDANCE_INTERVAL = (-2 * math.log(5.42), -2 * math.log(0.28))
 
@@ -63,13 +56,6 @@ class SweepConfig:
     boundary_w: float = 3.0
     seed: int = 0
 
-    @classmethod
-    def fast(cls) -> "SweepConfig":
-        """A CI-sized sweep (about a minute on 2 cores)."""
-        return cls(ws=(0.0, 0.5, 1.0, 3.0), p_unconds=(0.1, 0.5), steps=(16, 64), samples_per_class=400,
-                   exact_samples_per_class=800, detail_steps=64, ideal_ws=(3.0,), ideal_grid=64,
-                   corrector_steps=(0, 1, 4), corrector_T=16, metric_points=500, train_steps=300)
-
     def __post_init__(self):
         for name in ("samples_per_class", "exact_samples_per_class", "detail_steps", "ideal_grid", "corrector_T",
                      "metric_points", "train_steps", "tv_bins"):
@@ -84,6 +70,15 @@ class SweepConfig:
             raise ValueError(f"corrector_steps must be integers >= 0, got {self.corrector_steps}")
 
 
+# Named sweeps: the full one of the README, and a CI-sized one (about a minute on 2 cores).
+SWEEPS: dict[str, SweepConfig] = {
+    "full": SweepConfig(),
+    "fast": SweepConfig(ws=(0.0, 0.5, 1.0, 3.0), p_unconds=(0.1, 0.5), steps=(16, 64), samples_per_class=400,
+                        exact_samples_per_class=800, detail_steps=64, ideal_ws=(3.0,), ideal_grid=64,
+                        corrector_steps=(0, 1, 4), corrector_T=16, metric_points=500, train_steps=300),
+}
+
+
 @dataclass(frozen=True)
 class SamplerSpec:
     """A named way to sample: Algorithm 2's ancestral step with exponent v, or DDIM; optional corrector
@@ -94,6 +89,13 @@ class SamplerSpec:
     v: float = 0.3
     corrector_steps: int = 0
     weight: str = "constant"  # constant | interval | schedule
+
+    def samples(self, eps_model: EpsModel, num_classes: int, w, per_class: int, steps: int, seed: int,
+                **options) -> torch.Tensor:
+        """class_samples drawn this way with guidance w (or a λ-dependent weight), (K, per_class, 2) float64; the
+        same seed for every w. `options` go to class_samples (dtype, corrector, schedule)."""
+        return class_samples(eps_model, num_classes, w, per_class, generator=make_generator(seed), steps=steps,
+                             v=self.v, method=self.method, **options)
 
 
 SAMPLERS = {spec.name: spec for spec in (
@@ -165,17 +167,6 @@ class Evaluator:
                 "entropy": sum(knn_entropy(samples[c]) for c in range(K)) / K}
 
 
-def draw(model: EpsModel, num_classes: int, weight, n: int, steps: int, spec: SamplerSpec, seed: int, *,
-         dtype=torch.float64, corrector=None, schedule: LogSNRSchedule = LogSNRSchedule()) -> torch.Tensor:
-    """n samples per class with CFG of the given weight; (K, n, 2) float64. The same seed for every w.
-    Runs without autograd (ε-output networks and exact models)."""
-    labels = torch.arange(num_classes).repeat_interleave(n)
-    with torch.no_grad():
-        x = sample(guided(model, weight, null_label=num_classes), (2,), labels, generator=make_generator(seed),
-                   schedule=schedule, steps=steps, v=spec.v, method=spec.method, dtype=dtype, corrector=corrector)
-    return x.to(torch.float64).reshape(num_classes, n, 2)
-
-
 @dataclass
 class Sweep:
     """The rows of tradeoff.csv, and the samples kept for the boundary-push plot (sampler -> (K, N, 2))."""
@@ -210,13 +201,14 @@ def _run_job(mixture, config, evaluator, job) -> tuple[dict, torch.Tensor]:
     K = mixture.num_classes
     if kind == "ideal":
         ideal = IdealTiltedModel(mixture, w, Grid2D.covering(mixture, n=config.ideal_grid))
-        samples = draw(ideal, K, 0.0, config.exact_samples_per_class, T, spec, config.seed, schedule=ideal.schedule())
+        samples = spec.samples(ideal, K, 0.0, config.exact_samples_per_class, T, config.seed,
+                               schedule=ideal.schedule())
     elif name == "learned":
-        samples = draw(model, K, w, config.samples_per_class, T, spec, config.seed, dtype=torch.float32)
+        samples = spec.samples(model, K, w, config.samples_per_class, T, config.seed, dtype=torch.float32)
     else:
         corrector = LangevinCorrector(mixture, w, spec.corrector_steps) if spec.corrector_steps else None
-        samples = draw(mixture, K, guidance_weight(spec, w), config.exact_samples_per_class, T, spec, config.seed,
-                       corrector=corrector)
+        samples = spec.samples(mixture, K, guidance_weight(spec, w), config.exact_samples_per_class, T, config.seed,
+                               corrector=corrector)
     row = {"model": name, "sampler": spec.name, "p_uncond": p_uncond, "T": T, "w": w, **evaluator(samples, w),
            "corrector_steps": spec.corrector_steps if kind == "mala" else ""}
     row["seconds"] = time.perf_counter() - start
@@ -252,161 +244,6 @@ def run_sweep(config: SweepConfig = SweepConfig(), learned: dict[float, EpsModel
                                             for d in evaluator.target(config.boundary_w)])
     sweep.seconds = time.perf_counter() - start
     return sweep
-
-
-# ---- learned models, cached in the output folder ---------------------------------------------------------------
-
-def learned_models(out: Path, config: SweepConfig, progress: bool = True) -> dict[float, EpsModel]:
-    """One toy ε-MLP per p_uncond, trained with cfgedu.toy (the shared training loop) or loaded from
-    out/models/p_uncond=P/ when a run with the same steps and seed is there."""
-    import json
-
-    from ..nets.registry import load_model
-    from .learned import write_toy_run
-
-    models = {}
-    for p in config.p_unconds:
-        folder = Path(out) / "models" / f"p_uncond={p:g}"
-        metrics_file = folder / "metrics.json"
-        cached = metrics_file.is_file() and (folder / "model.pt").is_file() and \
-            {k: json.loads(metrics_file.read_text()).get(k) for k in ("steps", "seed", "p_uncond")} == \
-            {"steps": config.train_steps, "seed": config.seed, "p_uncond": p}
-        if not cached:
-            write_toy_run(folder, model="mlp", p_uncond=p, steps=config.train_steps, seed=config.seed,
-                          progress=progress)
-        models[p] = load_model(folder / "model.pt", expected_kinds=("mlp",))
-    return models
-
-
-# ---- outputs ------------------------------------------------------------------------------------------------
-
-def write_csv(sweep: Sweep, path: Path) -> Path:
-    """The sweep's rows as CSV (floats to 6 significant digits), written atomically."""
-    text = io.StringIO(newline="")
-    writer = csv.DictWriter(text, fieldnames=COLUMNS)
-    writer.writeheader()
-    for row in sweep.rows:
-        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-    return atomic_write_text(text.getvalue(), path)
-
-
-def _markdown(header: list[str], lines: list[list[str]]) -> str:
-    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-                     + ["| " + " | ".join(line) + " |" for line in lines])
-
-
-def metric_table(sweep: Sweep, column_key: str, columns: list, metrics=("fd", "is_bayes"), **where) -> str:
-    """Rows w, columns `metric column_value` for each metric and each value of column_key (Tables 1-2 shape)."""
-    header = ["w"] + [f"{'FD' if m == 'fd' else 'IS' if m == 'is_bayes' else m} {column_key}={v:g}"
-                      for m in metrics for v in columns]
-    lines = []
-    for w in sweep.config.ws:
-        cells = []
-        for m in metrics:
-            for v in columns:
-                match = sweep.select(w=w, **{column_key: v}, **where)
-                cells.append(f"{match[0][m]:.3f}" if match else "")
-        lines.append([f"{w:g}"] + cells)
-    return _markdown(header, lines)
-
-
-def sampler_table(sweep: Sweep) -> str:
-    """TV to the tilted target per exact-ε* sampler at T = detail_steps (rows w), with the noise floor."""
-    names = ["ancestral-v0", "ancestral-v0.3", "ancestral-v1", "ddim", "ideal", "interval", "schedule"]
-    lines = []
-    for w in sweep.config.ws:
-        cells = []
-        for name in names:
-            match = sweep.select(model="exact", sampler=name, T=sweep.config.detail_steps, w=w)
-            cells.append(f"{match[0]['tv_to_target']:.3f}" if match else "")
-        floor = sweep.select(model="exact", T=sweep.config.detail_steps, w=w)
-        lines.append([f"{w:g}"] + cells + [f"{floor[0]['tv_noise_floor']:.3f}" if floor else ""])
-    return _markdown(["w"] + [f"TV {n}" for n in names] + ["noise floor"], lines)
-
-
-def corrector_table(sweep: Sweep) -> str:
-    rows = sweep.select(model="exact", sampler="ancestral-v0.3+mala")
-    return _markdown(["w", "K (MALA steps per level)", "T", "TV to π_w", "noise floor", "IS (Bayes)", "FD"],
-                     [[f"{r['w']:g}", str(r["corrector_steps"]), str(r["T"]), f"{r['tv_to_target']:.3f}",
-                       f"{r['tv_noise_floor']:.3f}", f"{r['is_bayes']:.3f}", f"{r['fd']:.3f}"] for r in rows])
-
-
-def tables_markdown(sweep: Sweep) -> str:
-    c = sweep.config
-    T = max(c.steps)
-    parts = [f"# Guidance trade-off on the three-Gaussian toy\n\nFD: Fréchet distance of Gaussian fits to the data "
-             f"(the FID axis); IS: Inception score with the exact Bayes posterior. Sweep took {sweep.seconds:.0f} s."]
-    if c.p_unconds:
-        parts += [f"## Table 1 analogue: learned ε-MLP, ancestral v = 0.3, T = {T}; columns p_uncond",
-                  metric_table(sweep, "p_uncond", list(c.p_unconds), model="learned", T=T),
-                  f"## Table 2 analogue: learned ε-MLP (p_uncond = {c.p_unconds[0]:g}), ancestral v = 0.3; columns T",
-                  metric_table(sweep, "T", list(c.steps), model="learned", p_uncond=c.p_unconds[0])]
-    parts += ["## Table 2 with exact ε*: ancestral v = 0.3; columns T",
-              metric_table(sweep, "T", list(c.steps), model="exact", sampler="ancestral-v0.3"),
-              f"## What CFG samples: TV to π_w(x|c) with exact ε*, T = {c.detail_steps}",
-              sampler_table(sweep),
-              "## MALA corrector toward ρ_λ ∝ p_λ(z|c)^{1+w} p_λ(z)^{−w} at every level",
-              corrector_table(sweep)]
-    return "\n\n".join(parts) + "\n"
-
-
-def plot_tradeoff(sweep: Sweep, ax=None):
-    """FD against IS (Bayes): one curve per p_uncond (learned, largest T), the exact-ε* curve, and interval /
-    schedule points; w increases along each curve."""
-    import matplotlib.pyplot as plt
-
-    ax = ax or plt.subplots(figsize=(6, 4.5))[1]
-    T = max(sweep.config.steps)
-    curves = [(f"learned p_uncond={p:g}", sweep.select(model="learned", p_uncond=p, T=T), "-o")
-              for p in sweep.config.p_unconds]
-    curves += [("exact ε*", sweep.select(model="exact", sampler="ancestral-v0.3", T=T), "-k^"),
-               ("exact, guidance interval", sweep.select(model="exact", sampler="interval"), "s"),
-               ("exact, linear w schedule", sweep.select(model="exact", sampler="schedule"), "D")]
-    for label, rows, style in curves:
-        if rows:
-            ax.plot([r["is_bayes"] for r in rows], [r["fd"] for r in rows], style, label=label, ms=4)
-    ax.set_xlabel("IS with the exact Bayes posterior (higher: more class-typical)")
-    ax.set_ylabel("Fréchet distance to the data (lower: closer)")
-    ax.set_title(f"Guidance trade-off on the toy (w from {min(sweep.config.ws):g} to {max(sweep.config.ws):g})")
-    ax.legend(fontsize=8)
-    return ax
-
-
-def plot_boundary_push(sweep: Sweep, mixture: GaussianMixture, c: int = 0, ax=None):
-    """Histograms of ‖x − μ_c‖ for class c: the target π_w against each sampler (SPEC 4.5, item 4)."""
-    import matplotlib.pyplot as plt
-
-    ax = ax or plt.subplots(figsize=(6, 4))[1]
-    bins = torch.linspace(0, 3, 61)
-    for label, samples in sweep.boundary.items():
-        r = radial_distances(samples[c], mixture.means[c])
-        ax.hist(r.numpy(), bins=bins.numpy(), density=True, histtype="step", lw=2 if label == "target" else 1,
-                color="k" if label == "target" else None, label=f"{label} (mean {r.mean():.2f})")
-    ax.set_xlabel(f"distance from the class-{c} mean μ_{c}")
-    ax.set_ylabel("density")
-    ax.set_title(f"Boundary push at w = {sweep.config.boundary_w:g}")
-    ax.legend(fontsize=7)
-    return ax
-
-
-def write_outputs(sweep: Sweep, out: Path, mixture: GaussianMixture | None = None) -> dict[str, Path]:
-    """tradeoff.csv, tradeoff.md, tradeoff.png (FD vs IS), boundary_push.png and sweep_config.json in out."""
-    import matplotlib.pyplot as plt
-
-    out = Path(out)
-    mixture = mixture or GaussianMixture.three_gaussians()
-    paths = {"csv": write_csv(sweep, out / "tradeoff.csv"),
-             "md": atomic_write_text(tables_markdown(sweep), out / "tradeoff.md"),
-             "plot": out / "tradeoff.png", "boundary": out / "boundary_push.png",
-             "config": atomic_write_json(asdict(sweep.config), out / "sweep_config.json")}
-    for key, draw_plot in (("plot", lambda ax: plot_tradeoff(sweep, ax)),
-                           ("boundary", lambda ax: plot_boundary_push(sweep, mixture, ax=ax))):
-        fig, ax = plt.subplots(figsize=(6.5, 4.5))
-        draw_plot(ax)
-        fig.tight_layout()
-        atomic_savefig(fig, paths[key], dpi=120)
-        plt.close(fig)
-    return paths
 
 
 def with_overrides(config: SweepConfig, **overrides) -> SweepConfig:

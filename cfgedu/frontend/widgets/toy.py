@@ -1,146 +1,22 @@
-"""ipywidgets front ends for the notebooks: sliders that update matplotlib artists in place.
-
-Every guidance slider shows the paper's w and the scale s = 1 + w used by diffusers and Imagen.
-
-How a figure updates: each panel draws into a matplotlib `Figure` rendered off-screen by Agg (no pyplot,
-so the inline backend never shows a second copy) and is shown as PNG bytes in an `ipywidgets.Image`.
-A slider change updates the artists in place (`set_data`, `set_offsets`, `set_UVC`) and re-renders those
-bytes. This behaves the same in JupyterLab, under nbval and without any kernel (the unit tests).
-
-Conventions the browser test relies on: the w slider carries the CSS class `cfgedu-w-slider`, its readout
-`cfgedu-w-readout`, and every figure `cfgedu-figure` (use `w_slider`, `GuidanceReadout` and `FigureView`).
-Every slider panel registers a small factory in `BENCHMARKS` so `python -m cfgedu bench-widgets` times it.
-tests/test_browser.py drives every notebook whose source calls a `...Slider(`, `..._slider(` or `...Widget(`.
-"""
+"""Slider panels of the exact and learned 2D toy (notebooks 01-04): the forward process, exact scores and the
+implicit classifier, Figure 2, the curl of a learned CFG field, and guidance on a λ interval."""
 from __future__ import annotations
-
-import io
-import time
-from contextlib import contextmanager
-from typing import Callable
 
 import ipywidgets
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
-from ..toy.mixture import GaussianMixture
-from ..toy.grid import Grid2D, mix, normalize
-from ..core.guidance import scale_from_w
-from .plotting import density_image
-from ..core.schedule import alpha_sigma, q_sample
-from ..core.tensors import make_generator
-
-
-def guidance_label(w: float) -> str:
-    """The readout of a w slider: 'w = 0.3 (s = 1 + w = 1.3)'."""
-    return f"w = {w:g} (s = 1 + w = {scale_from_w(w):g})"
-
-
-# ---- building blocks: a figure shown as an image widget, the w slider and its readout ----
-
-class FigureView:
-    """A matplotlib Figure with `ncols` axes, shown as PNG bytes in `self.image` (an ipywidgets.Image)."""
-
-    def __init__(self, ncols: int, panel_inches: float = 2.8, dpi: int = 90, zoom: float = 1.25):
-        self.figure = Figure(figsize=(panel_inches * ncols, panel_inches + 0.3), dpi=dpi)
-        FigureCanvasAgg(self.figure)
-        self.axes = self.figure.subplots(1, ncols, squeeze=False)[0]
-        width, _ = self.figure.canvas.get_width_height()  # shown `zoom` times larger: rendering costs pixels
-        self.image = ipywidgets.Image(format="png", layout=ipywidgets.Layout(width=f"{round(zoom * width)}px"))
-        self.image.add_class("cfgedu-figure")
-
-    def refresh(self) -> None:
-        """Render the figure (whose artists were updated in place) into the image widget."""
-        buffer = io.BytesIO()
-        self.figure.canvas.print_png(buffer, pil_kwargs={"compress_level": 1})  # fast zlib: ~2x quicker
-        self.image.value = buffer.getvalue()
-
-
-def w_slider(value: float = 1.0, low: float = -1.0, high: float = 16.0, step: float = 0.25,
-             continuous_update: bool = True):
-    """The guidance slider: the paper's w (w = 0 conditional, w = −1 unconditional), CSS class cfgedu-w-slider."""
-    if not low <= value <= high:
-        raise ValueError(f"w slider needs low <= value <= high, got {low}, {value}, {high}")
-    slider = ipywidgets.FloatSlider(value=value, min=low, max=high, step=step, description="w",
-                                    continuous_update=continuous_update, readout_format=".2f")
-    slider.add_class("cfgedu-w-slider")
-    return slider
-
-
-class GuidanceReadout:
-    """A label that always shows `guidance_label(slider.value)`: w and s = 1 + w, never out of step."""
-
-    def __init__(self, slider):
-        self.slider = slider
-        self.label = ipywidgets.Label()
-        self.label.add_class("cfgedu-w-readout")
-        slider.observe(self._show, "value")
-        self._show()
-
-    def _show(self, _change=None) -> None:
-        self.label.value = guidance_label(self.slider.value)
-
-
-@contextmanager
-def single_threaded():
-    """Run torch on one thread inside the block and restore the caller's setting after it.
-
-    A slider update works on tensors of ~10^4-10^5 elements, too small to gain from threads; on a busy
-    machine their spin-waits made each update 5-10x slower.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-class SliderPanel:
-    """Sliders above a FigureView. Subclasses draw once in __init__ and implement `update()` in place.
-
-    `sliders` maps a name to its slider (the benchmark moves each one); display the panel itself.
-    """
-
-    def __init__(self, sliders: dict, view: FigureView, readout=None):
-        self.sliders, self.view, self.readout = sliders, view, readout
-        self.update_seconds = 0.0
-        controls = [*sliders.values(), *([readout] if readout is not None else [])]
-        self.widget = ipywidgets.VBox([ipywidgets.HBox(controls), view.image])
-        for slider in sliders.values():
-            slider.observe(self._on_change, "value")
-
-    def _on_change(self, _change=None) -> None:
-        start = time.perf_counter()
-        with single_threaded():
-            self.update()
-            self.view.refresh()
-        self.update_seconds = time.perf_counter() - start
-
-    def update(self) -> None:
-        raise NotImplementedError
-
-    def _repr_mimebundle_(self, **kwargs):
-        return self.widget._repr_mimebundle_(**kwargs)
-
-
-def lam_slider(value: float = 0.0, low: float = -10.0, high: float = 10.0, step: float = 0.25):
-    """A log-SNR slider: λ = log(α²/σ²), high λ is clean data, low λ is noise."""
-    return ipywidgets.FloatSlider(value=value, min=low, max=high, step=step, description="λ", readout_format=".2f")
-
-
-def level_label(lam: float) -> str:
-    """'λ = 1 (α = 0.85, σ = 0.52)'."""
-    alpha, sigma = alpha_sigma(torch.tensor(float(lam), dtype=torch.float64))
-    return f"λ = {lam:g} (α = {alpha.item():.3f}, σ = {sigma.item():.3f})"
-
-
-def _full(n: int, value: float) -> torch.Tensor:
-    return torch.full((n,), float(value), dtype=torch.float64)
-
-
-# ---- notebook 01: the exact three-Gaussian toy ----
+from ...core.guidance import interval_weight
+from ...core.schedule import q_sample
+from ...core.tensors import make_generator
+from ...nets.mlp import EpsMLP, MLPConfig
+from ...toy.fields import as_float64, cfg_field, curl_from_jacobian, implicit_classifier_gradient, jacobian, relative_curl
+from ...toy.grid import Grid2D, HistogramTV, mix, normalize, tilted_densities
+from ...toy.metrics import bayes_inception_score, frechet_pooled
+from ...toy.mixture import GaussianMixture
+from ...toy.sampling import class_samples
+from ..plotting import density_image, histogram_density
+from .base import (BENCHMARKS, FigureView, GuidanceReadout, SliderPanel, _full, guidance_label, lam_slider, level_label,
+                   w_slider)
 
 class ForwardProcessWidget(SliderPanel):
     """The forward process z_λ = α x + σ ε on the toy: fixed draws (x, ε) moved by λ, and the exact p_λ(z)."""
@@ -262,101 +138,6 @@ class Figure2Widget(SliderPanel):
         self.image.axes.set_title(f"guided: {guidance_label(w)}", fontsize=9)
 
 
-# ---- timing every slider (python -m cfgedu bench-widgets) ----
-
-BENCHMARKS: dict[str, Callable[[], SliderPanel]] = {
-    "forward process (exact toy)": lambda: ForwardProcessWidget(GaussianMixture.three_gaussians()),
-    "scores and implicit classifier (exact toy)": lambda: ScoreFieldWidget(GaussianMixture.three_gaussians()),
-    "Figure 2 (exact toy)": lambda: Figure2Widget(GaussianMixture.three_gaussians()),
-}
-
-
-def slider_values(slider, moves: int) -> list:
-    """`moves` values cycling over the slider's range, each different from the one before (from its value).
-
-    A range slider (tuple value) gets intervals that widen from the bottom of its range."""
-    ticks = torch.linspace(slider.min, slider.max, min(moves, 4) + 1).tolist()
-    ticks = sorted({round(t / slider.step) * slider.step for t in ticks})
-    if isinstance(slider.value, tuple):
-        options = [(ticks[0], t) for t in ticks[1:]]
-    else:
-        options = [type(slider.value)(t) for t in ticks]
-    values, previous = [], slider.value
-    while len(values) < moves:
-        previous = next(t for t in options[len(values) % len(options):] + options if t != previous)
-        values.append(previous)
-    return values
-
-
-def time_sliders(panel: SliderPanel, moves: int = 5) -> dict[str, list[float]]:
-    """Seconds per update (compute + render) for each slider of a panel, moving it through its range."""
-    timings = {}
-    for name, slider in panel.sliders.items():
-        timings[name] = []
-        for value in slider_values(slider, moves):
-            slider.value = value
-            timings[name].append(panel.update_seconds)
-    return timings
-
-
-# ---- image samples: CFG samples of any image eps_model as a grid, moved by the w slider ----
-
-class SampleGridWidget(SliderPanel):
-    """Algorithm 2 samples of an image eps_model with CFG strength w, one row per class and the same noise
-    for every w, so that moving the slider shows what guidance alone changes."""
-
-    def __init__(self, model, classes: list[int], per_class: int = 4, *, steps: int = 32, v: float = 0.3,
-                 seed: int = 0, w: float = 0.3, high: float = 4.0):
-        from ..images.sampling import image_grid
-
-        self.model, self.settings = model, {"steps": steps, "v": v, "seed": seed}
-        self.labels = torch.as_tensor(classes).repeat_interleave(per_class)  # (rows·per_class,)
-        self.rows = len(classes)
-        slider = w_slider(w, low=0.0, high=high, step=0.1, continuous_update=False)
-        super().__init__({"w": slider}, FigureView(1, panel_inches=max(2.8, 0.7 * per_class)),
-                         GuidanceReadout(slider).label)
-        blank = image_grid(torch.zeros(len(self.labels), *model.config.data_shape), self.rows)  # grey, right shape
-        self.picture = self.view.axes[0].imshow(blank, cmap="gray", vmin=0, vmax=1)
-        self.view.axes[0].set_axis_off()
-        self._on_change()  # draws the samples
-
-    def samples(self, w: float):
-        """The grid of samples at guidance strength w, (rows·H, cols·W[, 3]) in [0, 1]."""
-        from ..images.sampling import image_grid, sample_images
-
-        return image_grid(sample_images(self.model, self.labels, w, clip_x=1.0, **self.settings), self.rows)
-
-    def update(self) -> None:
-        w = self.sliders["w"].value
-        self.picture.set_data(self.samples(w))
-        self.picture.axes.set_title(f"rows = classes, {guidance_label(w)}", fontsize=9)
-
-
-# ---- notebooks 02 and 03: learned toy scores, the loss as it comes, and the non-conservative CFG field ----
-
-class LossCurve:
-    """An `on_log` callback for cfgedu.engine.loop.train that plots the loss as the records arrive (in place)."""
-
-    def __init__(self, title: str = "Algorithm 1 loss (ε-MSE)"):
-        self.view = FigureView(1, panel_inches=3.4)
-        ax = self.view.axes[0]
-        (self.line,) = ax.plot([], [], color="tab:blue")
-        ax.set(yscale="log", xlabel="step", title=title)
-        self.steps, self.losses = [], []
-        self.view.figure.tight_layout()
-
-    def __call__(self, record: dict) -> None:
-        self.steps.append(record["step"])
-        self.losses.append(record["loss"])
-        self.line.set_data(self.steps, self.losses)
-        self.line.axes.relim()
-        self.line.axes.autoscale_view()
-        self.view.refresh()
-
-    def _repr_mimebundle_(self, **kwargs):
-        return self.view.image._repr_mimebundle_(**kwargs)
-
-
 class CFGFieldWidget(SliderPanel):
     """A learned model's CFG field ε̃ = (1 + w)ε(z, c) − wε(z, ∅) at level λ: its curl (colour) under arrows of
     the guided score −ε̃/σ, beside the implicit classifier −(ε(z, c) − ε(z, ∅))/σ of the model (red) and the
@@ -364,7 +145,6 @@ class CFGFieldWidget(SliderPanel):
 
     def __init__(self, eps_model, mixture: GaussianMixture, grid: Grid2D | None = None, w: float = 3.0,
                  lam: float = 0.0, c: int = 0, arrows: int = 15):
-        from ..toy.fields import as_float64
 
         self.model, self.mixture, self.c = as_float64(eps_model), mixture, c
         self.grid = grid or Grid2D(3.0, 48)
@@ -394,7 +174,6 @@ class CFGFieldWidget(SliderPanel):
         return (values[:, 0] * longest).numpy(), (values[:, 1] * longest).numpy()
 
     def update(self) -> None:
-        from ..toy.fields import cfg_field, curl_from_jacobian, implicit_classifier_gradient, jacobian, relative_curl
 
         w, lam = self.sliders["w"].value, self.sliders["λ"].value
         field = cfg_field(self.model, lam, self.c, w, self.mixture.num_classes)
@@ -417,59 +196,11 @@ class CFGFieldWidget(SliderPanel):
 
 
 def _untrained_toy_mlp():
-    from ..nets.mlp import EpsMLP, MLPConfig
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         return EpsMLP(MLPConfig())
 
-
-BENCHMARKS["learned CFG field curl (toy MLP)"] = lambda: CFGFieldWidget(_untrained_toy_mlp(),
-                                                                        GaussianMixture.three_gaussians())
-
-
-# ---- digits: sample grids at precomputed guidance strengths ----
-
-class SampleGridSlider(SliderPanel):
-    """A class-by-row grid of image samples for each precomputed w; the w slider snaps to the nearest one.
-
-    samples: {w: images (rows·cols, C, H, W) in [−1, 1]}, row k holding class k (cfgedu.images.sampling).
-    """
-
-    def __init__(self, samples: dict[float, torch.Tensor], rows: int):
-        from ..images.sampling import image_grid
-
-        if not samples:
-            raise ValueError("SampleGridSlider needs samples for at least one w")
-        self.grids = {float(w): image_grid(images, rows) for w, images in samples.items()}
-        ws = sorted(self.grids)
-        slider = w_slider(value=ws[0], low=ws[0], high=max(ws[-1], ws[0] + 0.1), step=0.05)
-        view = FigureView(1, panel_inches=3.6)
-        self.image = view.axes[0].imshow(self.grids[ws[0]], cmap="gray", vmin=0, vmax=1)
-        view.axes[0].set_xticks([])
-        view.axes[0].set_yticks([])
-        super().__init__({"w": slider}, view, GuidanceReadout(slider).label)
-        self.update()
-        view.refresh()
-
-    def nearest_w(self) -> float:
-        return min(self.grids, key=lambda w: abs(w - self.sliders["w"].value))
-
-    def update(self) -> None:
-        w = self.nearest_w()
-        self.image.set_data(self.grids[w])
-        self.view.axes[0].set_title(f"samples at {guidance_label(w)}; rows are classes", fontsize=9)
-
-
-def _random_digit_samples() -> dict[float, torch.Tensor]:
-    generator = make_generator(0)
-    return {w: torch.rand(40, 1, 16, 16, generator=generator) * 2 - 1 for w in (0.0, 1.0, 4.0)}
-
-
-BENCHMARKS["digits sample grids per w"] = lambda: SampleGridSlider(_random_digit_samples(), rows=10)
-
-
-# ---- notebook 04: guidance on a λ interval, against the tilted target ----
 
 class GuidanceIntervalWidget(SliderPanel):
     """Exact-score CFG samples (Algorithm 2, v = 0.3) with guidance w applied only for λ in an interval
@@ -478,7 +209,6 @@ class GuidanceIntervalWidget(SliderPanel):
 
     def __init__(self, mixture: GaussianMixture, w: float = 3.0, interval: tuple[float, float] = (-20.0, 20.0),
                  per_class: int = 400, steps: int = 24, bins: int = 48, seed: int = 0):
-        from ..toy.grid import HistogramTV, tilted_densities
 
         self.mixture, self.per_class, self.steps, self.seed = mixture, per_class, steps, seed
         self.grid = Grid2D.covering(mixture, n=bins * 4)
@@ -502,17 +232,11 @@ class GuidanceIntervalWidget(SliderPanel):
 
     def samples(self, w: float, low: float, high: float) -> torch.Tensor:
         """(K, N, 2) CFG samples with guidance w on [low, high] and none outside."""
-        from ..core.guidance import interval_weight
-        from ..toy.tradeoff import SAMPLERS, draw
-
         weight = interval_weight(w, low, high) if low < high else 0.0
-        return draw(self.mixture, self.mixture.num_classes, weight, self.per_class, self.steps,
-                    SAMPLERS["ancestral-v0.3"], self.seed)
+        return class_samples(self.mixture, self.mixture.num_classes, weight, self.per_class,
+                             generator=make_generator(self.seed), steps=self.steps)
 
     def update(self) -> None:
-        from ..toy.metrics import bayes_inception_score, frechet_pooled
-        from .plotting import histogram_density
-
         w, (low, high) = self.sliders["w"].value, self.sliders["interval"].value
         targets, samples = self.target(w), self.samples(w, low, high)
         target = mix(self.mixture, targets)
@@ -529,5 +253,10 @@ class GuidanceIntervalWidget(SliderPanel):
             f"FD {frechet_pooled(self.mixture, pooled):.2f}", fontsize=8)
 
 
+BENCHMARKS["forward process (exact toy)"] = lambda: ForwardProcessWidget(GaussianMixture.three_gaussians())
+BENCHMARKS["scores and implicit classifier (exact toy)"] = lambda: ScoreFieldWidget(GaussianMixture.three_gaussians())
+BENCHMARKS["Figure 2 (exact toy)"] = lambda: Figure2Widget(GaussianMixture.three_gaussians())
+BENCHMARKS["learned CFG field curl (toy MLP)"] = lambda: CFGFieldWidget(_untrained_toy_mlp(),
+                                                                        GaussianMixture.three_gaussians())
 BENCHMARKS["guidance interval vs tilted target (exact toy)"] = lambda: GuidanceIntervalWidget(
     GaussianMixture.three_gaussians())
