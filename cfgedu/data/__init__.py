@@ -1,4 +1,2 @@
-"""Datasets as DataSources for the training engine: `batch(step, micro, rank, world_size, size) -> (x, c)`.
-
-Modules here import their heavy dependencies (scikit-learn, numpy files) only when a dataset is built.
-"""
+"""Data sources for the training engine (the contract in source.py): the toy mixture, scikit-learn's digits and
+ImageNet 64x64 (prepared once by imagenet64_convert.py into memory-mapped arrays)."""

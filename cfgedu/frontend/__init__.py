@@ -1,0 +1,1 @@
+"""The notebooks' front end: matplotlib figures (functions that draw on an ax) and ipywidgets slider panels."""
