@@ -40,12 +40,12 @@ GUIDANCE = (1.0, 4.0, 16.0)  # the guided panels of Figure 2 (paper's w)
 import torch
 
 from cfgedu import GaussianMixture, guided
-from cfgedu.frontend.plotting import plot_figure2
-from cfgedu.toy.figure2 import compute_figure2
-from cfgedu.toy.grid import Grid2D, moments, tilted_densities
 from cfgedu.core.schedule import alpha_sigma
 from cfgedu.core.tensors import make_generator
+from cfgedu.frontend.plotting import plot_figure2
 from cfgedu.frontend.widgets import Figure2Widget, ForwardProcessWidget, ScoreFieldWidget
+from cfgedu.toy.figure2 import compute_figure2
+from cfgedu.toy.grid import Grid2D, moments, tilted_densities
 
 mixture = GaussianMixture.three_gaussians()
 mixture.to_dict()
@@ -161,7 +161,7 @@ plot_figure2(result);
 
 # %%
 summary = result.to_dict()
-for panel, summary_panel in zip(result.panels, summary["panels"]):
+for panel, summary_panel in zip(result.panels, summary["panels"], strict=True):
     tv = [c["tv_sampler_to_target"] for c in summary_panel["classes"]]
     floor = [c["tv_noise_floor"] for c in summary_panel["classes"]]
     top_target, top_sampled = summary_panel["classes"][0]["mean"][1], panel.samples["exact"][0, :, 1].mean().item()

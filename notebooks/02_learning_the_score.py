@@ -119,7 +119,7 @@ from cfgedu.toy.grid import Grid2D  # noqa: E402
 points = Grid2D(2.6, 13).points()
 lam0 = torch.zeros(len(points), dtype=torch.float64)
 fig, axes = plt.subplots(1, 2, figsize=(7, 3.5))
-for ax, label, title in zip(axes, (0, mixture.num_classes), ("class 0", "null label ∅")):
+for ax, label, title in zip(axes, (0, mixture.num_classes), ("class 0", "null label ∅"), strict=True):
     c = torch.full((len(points),), label)
     with torch.no_grad():
         learned = model(points.float(), lam0.float(), c).double()

@@ -48,8 +48,14 @@ from cfgedu.engine.experiment import train_experiment
 from cfgedu.engine.presets import toy_experiment
 from cfgedu.frontend.plotting import plot_curl_panels, plot_helmholtz, sample_histogram
 from cfgedu.frontend.widgets import CFGFieldWidget
-from cfgedu.toy.fields import (as_float64, cfg_field, circulation, field_report, implicit_classifier_gradient,
-                               projection_sampling)
+from cfgedu.toy.fields import (
+    as_float64,
+    cfg_field,
+    circulation,
+    field_report,
+    implicit_classifier_gradient,
+    projection_sampling,
+)
 from cfgedu.toy.grid import Grid2D, grid_values
 from cfgedu.toy.helmholtz import helmholtz_hodge
 from cfgedu.toy.learned import eps_relative_errors
@@ -168,7 +174,7 @@ plot_helmholtz(split, title=f"ε-MLP, λ = 0, w = 3: rotational energy {split.ro
 W = 3.0
 result = projection_sampling(mlp, mixture, W, samples_per_class=SAMPLES_PER_CLASS, steps=SAMPLING_STEPS)
 fig, axes = plt.subplots(1, 2, figsize=(7, 3.5))
-for ax, (name, samples) in zip(axes, result["samples"].items()):
+for ax, (name, samples) in zip(axes, result["samples"].items(), strict=True):
     sample_histogram(ax, result["grid"], samples, 64, weights=mixture.weights,
                      title=f"{name} field, w = {W:g}: TV {result['tv'][name]:.3f}")
 result["tv"]

@@ -44,14 +44,14 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 
-from cfgedu.images.digits_classifier import digits_protocol, load_classifier, validation_accuracy
-from cfgedu.engine.presets import preset
 from cfgedu.data.digits import load_digits_split
-from cfgedu.images.inception import PAPER_TABLE1
-from cfgedu.engine.flops import describe_experiment
-from cfgedu.images.evaluation import evaluate_guidance, markdown_table
-from cfgedu.images.sampling import class_labels, image_grid
 from cfgedu.engine.experiment import train_experiment
+from cfgedu.engine.flops import describe_experiment
+from cfgedu.engine.presets import preset
+from cfgedu.images.digits_classifier import digits_protocol, load_classifier, validation_accuracy
+from cfgedu.images.evaluation import guidance_sweep, markdown_table
+from cfgedu.images.inception import PAPER_TABLE1
+from cfgedu.images.sampling import class_labels, image_grid
 
 out_root = Path(RUN_DIR) if RUN_DIR else Path(tempfile.mkdtemp(prefix="cfgedu_digits_"))
 
@@ -115,15 +115,15 @@ assert classifier_accuracy >= 0.97
 # per step, $T$ steps of Algorithm 2 with $v = 0.3$, $\hat x$ clipped to $[-1, 1]$, the same seed for every $w$.
 
 # %%
-evaluation, samples = evaluate_guidance(result.ema, WS, protocol, per_class=PER_CLASS, steps=SAMPLING_STEPS)
-print(markdown_table(evaluation["rows"], evaluation["fid_floor"]))
+evaluation, samples = guidance_sweep(result.ema, WS, protocol, per_class=PER_CLASS, steps=SAMPLING_STEPS,
+                                     grid=(10, PER_CLASS))  # samples[w]: (10 classes, PER_CLASS, 1, 16, 16)
+print(markdown_table(evaluation["rows"], floor=evaluation["fid_floor"]))
 
 # %%
 from cfgedu.frontend.widgets import SampleGridSlider
 
 columns = min(PER_CLASS, 10)
-SampleGridSlider({w: images.reshape(10, PER_CLASS, 1, 16, 16)[:, :columns].reshape(-1, 1, 16, 16)
-                  for w, images in samples.items()}, rows=10)
+SampleGridSlider({w: images[:, :columns].flatten(0, 1) for w, images in samples.items()}, rows=10)
 
 # %% [markdown]
 # ## 5. The trade-off beside the paper's Table 1
@@ -136,7 +136,7 @@ fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
 for ax, points, title in ((axes[0], [(r["w"], r["fid"], r["is"]) for r in evaluation["rows"]], "digits (ours)"),
                           (axes[1], [(w, fid, inception) for w, (fid, inception) in paper.items()],
                            "ImageNet 64x64 (paper, Table 1)")):
-    ws_, fids, iss = zip(*points)
+    ws_, fids, iss = zip(*points, strict=True)
     ax.plot(iss, fids, "o-")
     for w, fid, inception in points:
         ax.annotate(f"w={w:g}", (inception, fid), fontsize=7)
@@ -162,9 +162,9 @@ if not FAST:
 short = dataclasses.replace(experiment, train=dataclasses.replace(
     experiment.train, steps=SHORT_STEPS, batch_size=16 if FAST else 64, ema_decay=0.9, checkpoint_every=0))
 short_result = train_experiment(short, out_root / "short", preset_name="digits-short", progress=False)
-short_eval, _ = evaluate_guidance(short_result.ema, [0.0, 4.0], protocol, per_class=PER_CLASS,
-                                  steps=SAMPLING_STEPS, progress=False)
-print(markdown_table(short_eval["rows"], short_eval["fid_floor"]))
+short_eval, _ = guidance_sweep(short_result.ema, [0.0, 4.0], protocol, per_class=PER_CLASS, steps=SAMPLING_STEPS,
+                               progress=False)
+print(markdown_table(short_eval["rows"], floor=short_eval["fid_floor"]))
 
 # %%
 assert [r["w"] for r in short_eval["rows"]] == [0.0, 4.0]
@@ -179,15 +179,14 @@ assert [r["w"] for r in short_eval["rows"]] == [0.0, 4.0]
 # as the held-out digits are (it generalises), and its misses are new digits that fit no class well.
 
 # %%
-from cfgedu.images.empirical import EmpiricalScore
-from cfgedu.images.evaluation import GaussianStats, score_images
 from cfgedu.core.samplers import sample
+from cfgedu.images.empirical import EmpiricalScore
+from cfgedu.images.evaluation import score_samples
 
 labels = class_labels(10, PER_CLASS)
 exact_samples = sample(EmpiricalScore(x_train, c_train, 10), (1, 16, 16), labels,
                        generator=torch.Generator().manual_seed(0), steps=SAMPLING_STEPS, clip_x=1.0)
-reference = GaussianStats.of(protocol.extract(protocol.reference)[0])
-exact_row = score_images(protocol.extract, exact_samples, labels, reference, 10, w=0.0).row()
+exact_row = score_samples(protocol, [exact_samples], labels, protocol.reference(result.ema))
 network_row = rows[0.0]
 print(f"w = 0, T = {SAMPLING_STEPS}: accuracy {network_row['accuracy']:.3f} (network) vs {exact_row['accuracy']:.3f} "
       f"(exact empirical score); FID {network_row['fid']:.2f} vs {exact_row['fid']:.2f} "
@@ -200,7 +199,7 @@ def nearest_training_distance(images: torch.Tensor) -> torch.Tensor:
 
 
 distances = {name: nearest_training_distance(images) for name, images in (
-    ("network samples, w = 0", samples[0.0]), ("exact empirical score", exact_samples),
+    ("network samples, w = 0", samples[0.0].flatten(0, 1)), ("exact empirical score", exact_samples),
     ("held-out digits", load_digits_split("val")[0]))}
 upper = max(d.max().item() for d in distances.values())
 plt.figure(figsize=(5, 3))

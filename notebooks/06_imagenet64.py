@@ -53,13 +53,14 @@ import numpy as np
 import torch
 from IPython.display import Markdown, display
 
-from cfgedu.images import inception as fidelity
 from cfgedu.data import imagenet64 as inet
-from cfgedu.engine import launch
 from cfgedu.data import imagenet64_convert as convert
+from cfgedu.engine import launch
 from cfgedu.engine.runs import load_checkpoint_model
-from cfgedu.images.sampling import image_grid
 from cfgedu.frontend.widgets import SampleGridWidget
+from cfgedu.images.evaluation import guidance_sweep, result_table
+from cfgedu.images.inception import StandInExtractor, imagenet_protocol
+from cfgedu.images.sampling import image_grid
 
 # %% [markdown]
 # ## 1. The data: downsampled ImageNet, read safely
@@ -167,11 +168,11 @@ assert grid.picture.get_array().shape == (3 * 64, 3 * 64, 3)
 # `python -m cfgedu evaluate --checkpoint runs/in64 --w 0 0.1 0.3 1 4 --n 50000 --inception PATH`.
 
 # %%
-extractor = fidelity.StandInExtractor() if FAST else fidelity.load_inception(device="cuda" if gpus else "cpu")
-reference = fidelity.reference_stats_from_data(DATA, extractor, progress=False)
-rows = fidelity.guidance_sweep(model, EVAL_W, EVAL_N, extractor, (reference.mean, reference.cov),
-                               steps=SAMPLE_STEPS, splits=2 if FAST else 10, progress=not FAST)
-display(Markdown(fidelity.table1_markdown(rows, p_uncond=0.1)))
+protocol = imagenet_protocol(data=DATA, extractor=StandInExtractor() if FAST else None, splits=2 if FAST else 10,
+                             progress=not FAST)  # without an extractor: Inception, from CFGEDU_INCEPTION_WEIGHTS
+evaluation, _ = guidance_sweep(model, EVAL_W, protocol, n=EVAL_N, steps=SAMPLE_STEPS, progress=not FAST)
+rows = evaluation["rows"]
+display(Markdown(result_table({**evaluation, "p_uncond": 0.1}, protocol)))
 
 # %%
 fig, ax = plt.subplots(figsize=(4, 3))

@@ -8,8 +8,8 @@ matplotlib.use("Agg")  # for this process only: notebook kernels keep their own 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from cfgedu.toy.mixture import GaussianMixture  # noqa: E402
 from cfgedu.core.tensors import make_generator  # noqa: E402
+from cfgedu.toy.mixture import GaussianMixture  # noqa: E402
 
 
 @pytest.fixture

@@ -10,13 +10,13 @@ import torch
 from saved import write_model_file
 from torch.nn.modules.module import register_module_parameter_registration_hook
 
-from cfgedu.data.toy import MixtureSamples
 from cfgedu.core.configs import config_from_dict
-from cfgedu.nets.mlp import EpsMLP, MLPConfig
-from cfgedu.nets.unet import UNetConfig
-from cfgedu.engine.runs import CHECKPOINT, METRICS, load_checkpoint_model
+from cfgedu.data.toy import MixtureSamples
 from cfgedu.engine.config import TrainConfig
 from cfgedu.engine.loop import train
+from cfgedu.engine.runs import CHECKPOINT, METRICS, load_checkpoint_model
+from cfgedu.nets.mlp import EpsMLP, MLPConfig
+from cfgedu.nets.unet import UNetConfig
 
 SMALL = MLPConfig(num_classes=3, width=16, depth=2, class_dim=4)  # trunk.0.weight: (16, 2 + 1 + 2·4 + 4)
 
@@ -106,7 +106,7 @@ def test_a_good_file_still_loads_exactly(tmp_path):
     model = tiny()
     loaded = load_checkpoint_model(write_model_file(tmp_path / "model.pt", model, "mlp"))
     assert loaded.config == SMALL and not loaded.training
-    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values(), strict=True))
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from cfgedu.commands.cli import main
 from cfgedu.commands import _paths
+from cfgedu.commands.cli import main
 
 # command -> arguments besides --out; any input they name is missing, so the --out check must come first
 ERROR_COMMANDS = {
@@ -56,11 +56,10 @@ def toy_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
-    from cfgedu.engine.experiment import Experiment
     from cfgedu.data.digits import DigitsData
-    from cfgedu.nets.unet import UNetConfig
     from cfgedu.engine.config import TrainConfig
-    from cfgedu.engine.experiment import train_experiment
+    from cfgedu.engine.experiment import Experiment, train_experiment
+    from cfgedu.nets.unet import UNetConfig
 
     out = tmp_path_factory.mktemp("digits")
     config = UNetConfig(image_size=8, model_channels=8, channel_mult=(1,), num_res_blocks=1, attention_resolutions=(),
@@ -119,15 +118,16 @@ def test_fields_grid_is_bounded(grid, tmp_path, capsys):
 
 def test_evaluate_names_the_protocol_for_an_imagenet_checkpoint(tmp_path, capsys, monkeypatch):
     from cfgedu.core.configs import apply_overrides
-    from cfgedu.engine.presets import preset
     from cfgedu.data import imagenet64_convert as convert
     from cfgedu.engine.experiment import train_experiment
+    from cfgedu.engine.presets import preset
 
     convert.write_synthetic_batches(tmp_path / "src", num_train=4, num_val=2, num_files=1)
     convert.convert_pickles(tmp_path / "src", tmp_path / "data", progress=False)
     experiment = apply_overrides(preset("imagenet64-tiny"), {"steps": "1", "data": str(tmp_path / "data")})
     train_experiment(experiment, tmp_path / "run", preset_name="imagenet64-tiny", progress=False)
-    monkeypatch.setattr("cfgedu.images.evaluation.evaluate_guidance", lambda *a, **k: pytest.fail("sampled"))
+    monkeypatch.setattr("cfgedu.images.evaluation.sample_batches", lambda *a, **k: pytest.fail("sampled"))
+    monkeypatch.setattr("cfgedu.images.digits_classifier.load_classifier", lambda *a, **k: pytest.fail("measured"))
     assert error_of(capsys, "evaluate", "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "eval")) == (
         "cfgedu evaluate: error: this checkpoint's network takes 3x64x64 images with 1000 classes; the digits protocol "
         "needs 1-channel 8/16/32-pixel digits with 10 classes: use --protocol imagenet --inception PATH for an "

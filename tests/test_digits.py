@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from cfgedu.commands.cli import main
-from cfgedu.data.digits import DigitsData, load_digits_split
-from cfgedu.images.evaluation import (EvalProtocol, GaussianStats, class_accuracy, evaluate_guidance, fid_floor,
-                               frechet_distance, inception_score)
-from cfgedu.images.sampling import class_labels, image_grid, sample_images
-from cfgedu.nets.unet import UNetConfig
 from cfgedu.core.samplers import sample
+from cfgedu.data.digits import DigitsData, load_digits_split
+from cfgedu.images.evaluation import Protocol, guidance_sweep, markdown_table
+from cfgedu.images.metrics import FeatureStats, class_accuracy, fid_floor, frechet_distance, inception_score
+from cfgedu.images.sampling import balanced_labels, class_labels, image_grid, sample_images
+from cfgedu.nets.unet import UNetConfig
 
 TINY = UNetConfig(image_size=16, in_channels=1, num_classes=10, model_channels=8, channel_mult=(1, 2),
                   num_res_blocks=1, attention_resolutions=(8,), head_channels=8, norm_groups=4)
@@ -21,9 +21,8 @@ TINY = UNetConfig(image_size=16, in_channels=1, num_classes=10, model_channels=8
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """A tiny U-Net trained for 3 steps on digits by the engine: a real checkpoint folder."""
-    from cfgedu.engine.experiment import Experiment
     from cfgedu.engine.config import TrainConfig
-    from cfgedu.engine.experiment import train_experiment
+    from cfgedu.engine.experiment import Experiment, train_experiment
 
     out = tmp_path_factory.mktemp("digits_run")
     experiment = Experiment("unet", TINY, DigitsData(16), TrainConfig(steps=3, batch_size=8, lr=1e-3, ema_decay=0.5))
@@ -62,35 +61,42 @@ def test_classifier_reaches_97_percent_on_held_out_digits():
         model(torch.zeros(2, 1, 8, 8))
 
 
+def stats_with(mean, cov, count=10):
+    """FeatureStats whose sums give exactly this mean (D,) and covariance (D, D)."""
+    mean, cov = torch.as_tensor(mean, dtype=torch.float64), torch.as_tensor(cov, dtype=torch.float64)
+    return FeatureStats(count, count * mean, (count - 1) * cov + count * torch.outer(mean, mean))
+
+
 def test_frechet_distance_matches_direct_formulas():
     from scipy.linalg import sqrtm
 
     g = np.random.default_rng(0)
     m1, m2 = g.normal(size=(2, 3))
-    a = GaussianStats(torch.tensor(m1), torch.diag(torch.tensor([1.0, 4.0, 9.0], dtype=torch.float64)))
-    b = GaussianStats(torch.tensor(m2), torch.diag(torch.tensor([4.0, 1.0, 1.0], dtype=torch.float64)))
+    a = stats_with(m1, np.diag([1.0, 4.0, 9.0]))
+    b = (torch.tensor(m2), torch.diag(torch.tensor([4.0, 1.0, 1.0], dtype=torch.float64)))
     # diagonal covariances: ‖Δm‖² + Σ (√a_i − √b_i)²
     direct = np.sum((m1 - m2) ** 2) + np.sum((np.sqrt([1, 4, 9]) - np.sqrt([4, 1, 1])) ** 2)
     assert frechet_distance(a, b) == pytest.approx(direct, rel=1e-10)
     features = g.normal(size=(2, 400, 6)) @ g.normal(size=(6, 6))  # two correlated feature sets
-    stats = [GaussianStats.of(torch.tensor(f)) for f in features]
+    stats = [FeatureStats.of(torch.tensor(f)) for f in features]
     c1, c2 = (np.cov(f, rowvar=False) for f in features)
     scipy_fid = np.sum((features[0].mean(0) - features[1].mean(0)) ** 2) + np.trace(c1 + c2 - 2 * sqrtm(c1 @ c2).real)
-    assert frechet_distance(*stats) == pytest.approx(scipy_fid, rel=1e-8)
-    assert frechet_distance(stats[0], stats[0]) == pytest.approx(0, abs=1e-8)
+    assert frechet_distance(stats[0], stats[1].moments()) == pytest.approx(scipy_fid, rel=1e-8)
+    assert frechet_distance(stats[0], stats[0].moments()) == pytest.approx(0, abs=1e-8)
 
 
 def test_inception_score_and_accuracy_known_answers():
-    assert inception_score(torch.zeros(10, 4)) == pytest.approx(1.0)  # uniform p(y|x): no information
+    assert inception_score(torch.zeros(10, 4)) == pytest.approx((1.0, 0.0))  # uniform p(y|x): no information
     confident = torch.eye(4).repeat(3, 1) * 50  # every class equally often, each image certain
-    assert inception_score(confident) == pytest.approx(4.0, rel=1e-6)
+    assert inception_score(confident)[0] == pytest.approx(4.0, rel=1e-6)
     accuracy, per_class = class_accuracy(confident, torch.tensor([0, 1, 2, 3] * 2 + [1, 1, 2, 3]), 4)
-    assert accuracy == pytest.approx(11 / 12) and per_class == pytest.approx([1, 0.75, 1, 1])  # the 0 predicted at a 1 is class 1's miss
+    # the 0 predicted at a 1 is class 1's miss
+    assert accuracy == pytest.approx(11 / 12) and per_class == pytest.approx([1, 0.75, 1, 1])
 
 
 def test_fid_floor_of_the_reference_itself_is_small():
     features = torch.randn(2000, 3, generator=torch.Generator().manual_seed(0))
-    reference = GaussianStats.of(features)
+    reference = FeatureStats.of(features).moments()
     floor, spread = fid_floor(features, reference, 1000, 4, torch.Generator().manual_seed(1))
     shifted, _ = fid_floor(features + 1, reference, 1000, 4, torch.Generator().manual_seed(1))
     assert 0 < floor < 0.05 and spread >= 0
@@ -127,23 +133,50 @@ def test_sampler_doubled_batch_equals_two_separate_passes(run_dir):
     assert not torch.allclose(sample_images(model, labels, w, steps=4, seed=6), guided_run)
 
 
-def test_evaluate_guidance_with_a_pluggable_extractor(run_dir):
+def moments(images):  # a deterministic toy extractor: features = mean and std, logits favour class 0
+    flat = images.flatten(1)
+    features = torch.stack([flat.mean(1), flat.std(1)], 1)
+    return features, torch.cat([features[:, :1] * 0 + 1, torch.zeros(len(images), 9)], 1)
+
+
+def moments_protocol(extract=moments):
+    x_val, x_train = load_digits_split("val")[0], load_digits_split("train")[0]
+    return Protocol("moments", extract, lambda model, run_config: FeatureStats.of(extract(x_val)[0]).moments(),
+                    floor_pool=lambda model: x_train, class_logits=True)
+
+
+def test_guidance_sweep_with_a_pluggable_extractor(run_dir):
     from cfgedu.engine.runs import load_checkpoint_model
 
-    def moments(images):  # a deterministic toy extractor: features = mean and std, logits favour class 0
-        flat = images.flatten(1)
-        features = torch.stack([flat.mean(1), flat.std(1)], 1)
-        return features, torch.cat([features[:, :1] * 0 + 1, torch.zeros(len(images), 9)], 1)
-
-    x, _ = load_digits_split("val")
-    protocol = EvalProtocol(moments, x, load_digits_split("train")[0], 10)
-    result, samples = evaluate_guidance(load_checkpoint_model(run_dir), [0.0, 1.0], protocol, per_class=2,
-                                        steps=3, floor_repeats=2, progress=False)
-    assert [row["w"] for row in result["rows"]] == [0.0, 1.0] and samples[1.0].shape == (20, 1, 16, 16)
+    result, grids = guidance_sweep(load_checkpoint_model(run_dir), [0.0, 1.0], moments_protocol(), per_class=2,
+                                   steps=3, floor_repeats=2, grid=(10, 2), progress=False)
+    assert [row["w"] for row in result["rows"]] == [0.0, 1.0] and grids[1.0].shape == (10, 2, 1, 16, 16)
     for row in result["rows"]:
-        assert row["accuracy"] == pytest.approx(0.1) and row["min_class_accuracy"] == 0  # everything is "0"
+        assert row["n"] == 20 and row["accuracy"] == pytest.approx(0.1) and row["min_class_accuracy"] == 0  # all "0"
         assert row["is"] == pytest.approx(1.0) and row["fid"] > 0
-    assert result["fid_floor"] > 0
+    assert result["fid_floor"] > 0 and result["n"] == 20
+    table = markdown_table(result["rows"], floor=result["fid_floor"]).splitlines()
+    assert table[0] == "| w | s = 1 + w | accuracy | min class acc. | FID | FID / floor | IS |"
+    assert table[3].startswith("| 1 | 2 | 0.100 | 0.000 |") and table[-1].startswith("FID floor")
+
+
+def test_one_process_sweep_draws_what_sample_images_draws(run_dir):
+    """The eval.json numbers of a digits run stay reproducible: labels in class blocks, one generator seeded with
+    `seed` for all the batches of a w, exactly as sample_images(model, class_labels(K, per_class), w, ...)."""
+    from cfgedu.engine.runs import load_checkpoint_model
+
+    model, seen = load_checkpoint_model(run_dir), []
+
+    def recording(images):
+        seen.append(images)
+        return moments(images)
+
+    _, grids = guidance_sweep(model, [2.0], moments_protocol(recording), per_class=3, steps=2, seed=4, batch_size=7,
+                              grid=(10, 3), progress=False)
+    drawn = torch.cat(seen[-5:])  # the 30 samples, in batches of 7 (the reference and floor pool come first)
+    expected = sample_images(model, class_labels(10, 3), 2.0, steps=2, seed=4, batch_size=7)
+    assert torch.equal(drawn, expected) and torch.equal(grids[2.0].flatten(0, 1), expected)
+    assert torch.equal(balanced_labels(30, 10), class_labels(10, 3))
 
 
 def test_sample_and_evaluate_commands(run_dir, tmp_path):
@@ -157,7 +190,8 @@ def test_sample_and_evaluate_commands(run_dir, tmp_path):
     result = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert {"fid_floor", "rows"} <= result.keys()
     assert [set(row) >= {"w", "accuracy", "min_class_accuracy", "fid", "is"} for row in result["rows"]] == [True] * 2
-    assert (tmp_path / "eval" / "samples_w2.png").exists() and "| 2 | 3 |" in (tmp_path / "eval" / "eval.md").read_text()
+    assert (tmp_path / "eval" / "samples_w2.png").exists()
+    assert "| 2 | 3 |" in (tmp_path / "eval" / "eval.md").read_text()
 
 
 def test_commands_reject_bad_checkpoints_and_presets(run_dir, tmp_path, capsys):
@@ -211,8 +245,8 @@ def test_bench_command_applies_config_overrides(capsys):
 
 
 def test_sample_grid_slider_snaps_to_the_nearest_sampled_w():
-    from cfgedu.images.sampling import image_grid as grid_of
     from cfgedu.frontend.widgets import SampleGridSlider
+    from cfgedu.images.sampling import image_grid as grid_of
 
     samples = {w: torch.full((4, 1, 2, 2), w / 4 - 1) for w in (0.0, 1.0, 4.0)}  # each w its own grey level
     panel = SampleGridSlider(samples, rows=2)

@@ -5,11 +5,11 @@ import math
 import pytest
 import torch
 
+from cfgedu.core.samplers import sample
+from cfgedu.core.schedule import alpha_sigma
 from cfgedu.data.digits import load_digits_split
 from cfgedu.images.empirical import EmpiricalScore
 from cfgedu.images.sampling import class_labels
-from cfgedu.core.samplers import sample
-from cfgedu.core.schedule import alpha_sigma
 
 
 def log_density(z: torch.Tensor, lam: torch.Tensor, points: torch.Tensor) -> torch.Tensor:

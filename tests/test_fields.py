@@ -3,12 +3,22 @@ import math
 import pytest
 import torch
 
-from cfgedu.toy.fields import (as_float64, cfg_field, check_2d, circulation, curl_from_jacobian, field_report,
-                               implicit_classifier_error, jacobian, projection_sampling, relative_curl)
-from cfgedu.toy.grid import Grid2D, grid_values, jacobian_fd
-from cfgedu.toy.helmholtz import ConservativeProjection, bilinear, helmholtz_hodge
 from cfgedu.core.guidance import guided
 from cfgedu.nets.mlp import EnergyMLP, EpsMLP, MLPConfig
+from cfgedu.toy.fields import (
+    as_float64,
+    cfg_field,
+    check_2d,
+    circulation,
+    curl_from_jacobian,
+    field_report,
+    implicit_classifier_error,
+    jacobian,
+    projection_sampling,
+    relative_curl,
+)
+from cfgedu.toy.grid import Grid2D, grid_values, jacobian_fd
+from cfgedu.toy.helmholtz import ConservativeProjection, bilinear, helmholtz_hodge
 
 GRID = Grid2D(3.0, 48)
 SMALL = MLPConfig(width=32, depth=2, class_dim=4)

@@ -1,11 +1,10 @@
-import math
 
 import pytest
 import torch
 
-from cfgedu.toy.mixture import GaussianMixture
 from cfgedu.core.guidance import guided
 from cfgedu.core.schedule import alpha_sigma
+from cfgedu.toy.mixture import GaussianMixture
 
 LAMS = [-6.0, -1.0, 0.0, 2.5, 8.0]
 

@@ -4,8 +4,16 @@ import warnings
 import pytest
 import torch
 
-from cfgedu.core.guidance import (SATURATED_W, GuidanceWarning, cfg_combine, check_w, guided, interval_weight,
-                             scale_from_w, w_from_scale)
+from cfgedu.core.guidance import (
+    SATURATED_W,
+    GuidanceWarning,
+    cfg_combine,
+    check_w,
+    guided,
+    interval_weight,
+    scale_from_w,
+    w_from_scale,
+)
 from cfgedu.core.parameterization import eps_to_score, eps_to_x, score_to_eps, x_to_eps
 
 

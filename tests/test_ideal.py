@@ -2,13 +2,13 @@
 import pytest
 import torch
 
-from cfgedu.toy.correctors import LangevinCorrector, TiltedDensity
-from cfgedu.toy.grid import Grid2D, HistogramTV, tilted_densities
 from cfgedu.core.guidance import guided
-from cfgedu.toy.ideal import IdealTiltedModel
 from cfgedu.core.samplers import sample
 from cfgedu.core.schedule import LogSNRSchedule, alpha_sigma, q_sample
 from cfgedu.core.tensors import make_generator
+from cfgedu.toy.correctors import LangevinCorrector, TiltedDensity
+from cfgedu.toy.grid import Grid2D, HistogramTV, tilted_densities
+from cfgedu.toy.ideal import IdealTiltedModel
 
 
 @pytest.mark.parametrize("lam", [-4.0, 0.0, 2.0, 4.0])
@@ -35,7 +35,7 @@ def test_ideal_is_the_tweedie_mean_of_the_noised_target(toy, generator):
 
 
 def _tv(histogram, samples, densities):
-    return sum(histogram(s, d) for s, d in zip(samples, densities)) / len(densities)
+    return sum(histogram(s, d) for s, d in zip(samples, densities, strict=True)) / len(densities)
 
 
 def test_ideal_reaches_the_tilted_target_where_cfg_does_not(toy):

@@ -13,10 +13,11 @@ import pytest
 import torch
 from PIL import Image
 
-from cfgedu.images import inception as fidelity
 from cfgedu.data import imagenet64 as inet
-from cfgedu.engine import launch
 from cfgedu.data import imagenet64_convert as convert
+from cfgedu.engine import launch
+from cfgedu.images import inception as fidelity
+from cfgedu.images.evaluation import evaluate_checkpoint
 
 
 def write_batch(path, images, labels, protocol=2, mean=True):
@@ -160,7 +161,7 @@ def test_folder_conversion_both_resize_modes(jpeg_folder, tmp_path, resize):
     assert manifest["classes"] == ["n000", "n001"] and manifest["splits"] == {"train": 4, "val": 4}
     images, labels = inet.load_split(tmp_path / resize)
     assert labels.tolist() == [0, 0, 1, 1]  # sorted WNIDs: n000 first
-    for image, label in zip(images, labels):
+    for image, label in zip(images, labels, strict=True):
         left, right = colours[manifest["classes"][label]]
         # Far from the split line both methods keep the flat colours (JPEG error a few levels).
         assert np.abs(image[:, 20:44, 2].astype(int).T - left).max() < 12
@@ -206,7 +207,8 @@ def test_datasource_is_pure_disjoint_and_flips(official, tmp_path):
     # One step is the same global batch however it is split over processes and micro-steps.
     whole = data.batch(7, 0, 0, 1, 6)
     split = [data.batch(7, micro, rank, 3, 1) for micro in range(2) for rank in range(3)]
-    assert torch.equal(whole[0], torch.cat([x for x, _ in split])) and torch.equal(whole[1], torch.cat([c for _, c in split]))
+    assert torch.equal(whole[0], torch.cat([x for x, _ in split]))
+    assert torch.equal(whole[1], torch.cat([c for _, c in split]))
 
 
 @pytest.mark.parametrize("n", [1000, 100_000])  # a permutation, and draws with repeats dropped
@@ -262,8 +264,8 @@ def torchrun_train(data, out, steps):
 
 def test_torchrun_two_gloo_processes_train_then_resume(tmp_path):
     from cfgedu.core.configs import apply_overrides
-    from cfgedu.engine.presets import preset
     from cfgedu.engine.experiment import train_experiment
+    from cfgedu.engine.presets import preset
 
     convert.write_synthetic_batches(tmp_path / "src", num_train=32, num_val=8)
     convert.convert_pickles(tmp_path / "src", tmp_path / "data", progress=False)
@@ -276,14 +278,15 @@ def test_torchrun_two_gloo_processes_train_then_resume(tmp_path):
     assert resumed.step == 3 and [r["step"] for r in records] == [1, 2, 3]
     # ... and it ends where three steps in one process end: the same global batches, the same weights.
     straight = train_experiment(experiment, tmp_path / "single", progress=False)
-    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
         assert torch.allclose(a, b, atol=2e-5), name
     assert [r["loss"] for r in straight.history] == pytest.approx([r["loss"] for r in records], rel=1e-4)
     # Table 1 for the run, with the stand-in extractor and reference statistics of its own training data.
-    table = fidelity.evaluate_run(tmp_path / "run", [0.0, 1.0], n=4, steps=2, splits=2,
-                                  extractor=fidelity.StandInExtractor(), progress=False)
-    assert [(r["w"], r["n"]) for r in table["rows"]] == [(0.0, 4), (1.0, 4)] and table["p_uncond"] == 0.1
-    assert "| 0 | 1 |" in table["table"] and not (tmp_path / "data" / "inception_train_stats.npz").exists()
+    protocol = fidelity.imagenet_protocol(extractor=fidelity.StandInExtractor(), splits=2, progress=False)
+    evaluation = evaluate_checkpoint(tmp_path / "run", protocol, [0.0, 1.0], n=4, steps=2, progress=False)
+    rows = evaluation.result["rows"]
+    assert [(r["w"], r["n"]) for r in rows] == [(0.0, 4), (1.0, 4)] and evaluation.result["p_uncond"] == 0.1
+    assert "| 0 | 1 |" in evaluation.table and not (tmp_path / "data" / "inception_train_stats.npz").exists()
 
 
 def test_launch_command_and_metrics_tail(tmp_path):
@@ -305,11 +308,11 @@ def test_launch_command_and_metrics_tail(tmp_path):
 
 def test_sample_grid_widget_shows_algorithm2_samples():
     from cfgedu.core.guidance import guided
-    from cfgedu.images.sampling import image_grid
-    from cfgedu.nets.unet import UNet, UNetConfig
     from cfgedu.core.samplers import sample
     from cfgedu.core.tensors import make_generator
     from cfgedu.frontend.widgets import SampleGridWidget
+    from cfgedu.images.sampling import image_grid
+    from cfgedu.nets.unet import UNet, UNetConfig
 
     torch.manual_seed(0)
     model = UNet(UNetConfig(image_size=8, in_channels=3, num_classes=3, model_channels=8, channel_mult=(1,),
@@ -327,7 +330,8 @@ def test_evaluate_command_names_the_missing_inception_weights(tmp_path, monkeypa
     from cfgedu.commands.cli import main
 
     monkeypatch.delenv(fidelity.INCEPTION_ENV, raising=False)
-    assert main(["evaluate", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "eval"), "--protocol", "imagenet"]) == 2
+    out = str(tmp_path / "eval")
+    assert main(["evaluate", "--checkpoint", str(tmp_path), "--out", out, "--protocol", "imagenet"]) == 2
     assert "weights-inception-2015-12-05-6726825d.pth" in capsys.readouterr().err
     assert main(["evaluate", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "eval"),
                  "--inception", str(tmp_path / "nowhere.pth")]) == 2

@@ -2,7 +2,6 @@ import pytest
 import torch
 
 from cfgedu.core.losses import diffusion_loss, draw_noise, drop_labels
-from cfgedu.core.schedule import alpha_sigma
 
 
 def test_realised_dropout_rate_and_null_never_a_class(generator):

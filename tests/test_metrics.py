@@ -5,10 +5,23 @@ import torch
 from scipy.linalg import sqrtm
 
 from cfgedu.toy.grid import Grid2D, HistogramTV, sample_from_grid, tilted_densities
-from cfgedu.toy.metrics import (bayes_inception_score, fit_logistic_classifier, frechet_distance, frechet_gaussians,
-                            frechet_per_class, frechet_pooled, inception_score, kl_to_grid, knn_entropy,
-                            logistic_inception_score, mixture_moments, mmd2_rbf, precision_recall, radial_distances,
-                            tv_to_grid)
+from cfgedu.toy.metrics import (
+    bayes_inception_score,
+    fit_logistic_classifier,
+    frechet_distance,
+    frechet_gaussians,
+    frechet_per_class,
+    frechet_pooled,
+    inception_score,
+    kl_to_grid,
+    knn_entropy,
+    logistic_inception_score,
+    mixture_moments,
+    mmd2_rbf,
+    precision_recall,
+    radial_distances,
+    tv_to_grid,
+)
 
 
 def test_frechet_identical_is_zero_and_diagonal_closed_form():

@@ -1,11 +1,11 @@
 import pytest
 import torch
-from cfgedu.engine.runs import load_checkpoint_model
 from saved import write_model_file
 
-from cfgedu.nets.registry import MODEL_KINDS, build_model
-from cfgedu.nets.mlp import EnergyMLP, EpsMLP, MLPConfig
 from cfgedu.core.schedule import alpha_sigma
+from cfgedu.engine.runs import load_checkpoint_model
+from cfgedu.nets.mlp import EnergyMLP, EpsMLP, MLPConfig
+from cfgedu.nets.registry import MODEL_KINDS, build_model
 
 SMALL = MLPConfig(width=16, depth=2, class_dim=4)
 
@@ -95,7 +95,7 @@ def test_energy_training_graph_reaches_the_weights_and_no_grad_sampling_skips_it
 
 def test_saved_models_reload_identically_with_weights_only(tmp_path, models):
     z, lam, c = _inputs()
-    for kind, model in zip(("mlp", "energy"), models):
+    for kind, model in zip(("mlp", "energy"), models, strict=True):
         path = write_model_file(tmp_path / f"{kind}.pt", model, kind)
         assert set(torch.load(path, weights_only=True)) == {"kind", "config", "state_dict"}
         loaded = load_checkpoint_model(path, kinds=(kind,))

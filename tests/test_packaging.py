@@ -2,11 +2,11 @@
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import jupytext
 import pytest
+import tomllib
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from cfgedu.toy.mixture import GaussianMixture
 from cfgedu.core.guidance import guided
 from cfgedu.core.samplers import sample
 from cfgedu.core.tensors import make_generator
+from cfgedu.toy.mixture import GaussianMixture
 
 
 @pytest.mark.parametrize("method", ["ancestral", "ddim"])

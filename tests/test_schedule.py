@@ -36,7 +36,7 @@ def test_density_integrates_to_one_and_matches_histogram(generator):
     edges = torch.linspace(-4, 4, 9, dtype=torch.float64)
     expected = [torch.trapezoid(S.density(torch.linspace(lo, hi, 1001, dtype=torch.float64)),
                                 torch.linspace(lo, hi, 1001, dtype=torch.float64)).item()
-                for lo, hi in zip(edges[:-1], edges[1:])]
+                for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
     assert counts.tolist() == pytest.approx(expected, abs=4e-3)
 
 

@@ -6,11 +6,11 @@ from saved import write_model_file
 
 from cfgedu.commands.cli import main
 from cfgedu.data.toy import ToyData
-from cfgedu.toy.fields import field_report
-from cfgedu.toy.grid import Grid2D
 from cfgedu.engine.experiment import build_network, train_experiment
 from cfgedu.engine.presets import toy_experiment
 from cfgedu.nets.mlp import EpsMLP, MLPConfig
+from cfgedu.toy.fields import field_report
+from cfgedu.toy.grid import Grid2D
 from cfgedu.toy.learned import eps_relative_errors
 
 SMALL = {"width": 64, "depth": 2, "class_dim": 8}

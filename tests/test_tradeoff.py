@@ -4,8 +4,8 @@ import csv
 import pytest
 import torch
 
-from cfgedu.core.schedule import LogSNRSchedule
 from cfgedu.commands.toy_tradeoff import learned_models, run_name, write_outputs
+from cfgedu.core.schedule import LogSNRSchedule
 from cfgedu.toy.tradeoff import GUIDANCE_INTERVAL, SAMPLERS, SweepConfig, linear_schedule_weight, run_sweep
 from cfgedu.toy.tradeoff_tables import COLUMNS
 

@@ -13,10 +13,10 @@ import torch
 
 from cfgedu.commands.cli import main
 from cfgedu.core.configs import apply_overrides, override_keys
-from cfgedu.engine.presets import preset
 from cfgedu.core.io import safe_torch_load
-from cfgedu.engine.runs import CHECKPOINT, METRICS, load_checkpoint_model
 from cfgedu.engine.config import TrainConfig
+from cfgedu.engine.presets import preset
+from cfgedu.engine.runs import CHECKPOINT, METRICS, load_checkpoint_model
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -77,8 +77,8 @@ def test_two_gloo_processes_take_the_single_process_step(tmp_path):
     ema, raw = (load_checkpoint_model(tmp_path / "one", use_ema).state_dict() for use_ema in (True, False))
     assert max((ema[k] - raw[k]).abs().max() for k in raw) > 1e-3  # the steps moved the weights away from the EMA
     assert lines(tmp_path / "ddp" / METRICS, "step") == [(1,), (2,), (3,)]
-    assert [l for _, l in lines(tmp_path / "ddp" / METRICS, "step", "loss")] == pytest.approx(
-        [l for _, l in lines(tmp_path / "one" / METRICS, "step", "loss")], rel=1e-5)
+    assert [loss for _, loss in lines(tmp_path / "ddp" / METRICS, "step", "loss")] == pytest.approx(
+        [loss for _, loss in lines(tmp_path / "one" / METRICS, "step", "loss")], rel=1e-5)
 
 
 def error_of(capsys, *args: str) -> str:

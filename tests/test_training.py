@@ -12,16 +12,15 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from cfgedu.data.toy import MixtureSamples
 from cfgedu.core.io import safe_torch_load
-from cfgedu.core.losses import diffusion_loss
-from cfgedu.nets.mlp import EpsMLP, MLPConfig
-from cfgedu.engine.runs import CHECKPOINT, LOCK, METRICS, load_checkpoint_model
+from cfgedu.core.losses import algorithm1_loss, diffusion_loss, draw_noise
 from cfgedu.data.source import TensorData, slot_offset
+from cfgedu.data.toy import MixtureSamples
 from cfgedu.engine.config import TrainConfig
-from cfgedu.core.losses import algorithm1_loss, draw_noise
-from cfgedu.engine.processes import join_process_group
 from cfgedu.engine.loop import learning_rate, train
+from cfgedu.engine.processes import join_process_group
+from cfgedu.engine.runs import CHECKPOINT, LOCK, METRICS, load_checkpoint_model
+from cfgedu.nets.mlp import EpsMLP, MLPConfig
 
 KIND = "mlp"
 

@@ -3,15 +3,15 @@ import dataclasses
 
 import pytest
 import torch
-from cfgedu.engine.runs import load_checkpoint_model
 from saved import write_model_file
 
-from cfgedu.engine.flops import count_parameters, describe_experiment, forward_flops
 from cfgedu.core.guidance import guided
-from cfgedu.nets.registry import build_model
-from cfgedu.nets.embeddings import inv_cos, sinusoidal
-from cfgedu.nets.unet import UNet, UNetConfig
 from cfgedu.core.schedule import LogSNRSchedule
+from cfgedu.engine.flops import count_parameters, describe_experiment, forward_flops
+from cfgedu.engine.runs import load_checkpoint_model
+from cfgedu.nets.embeddings import inv_cos, sinusoidal
+from cfgedu.nets.registry import build_model
+from cfgedu.nets.unet import UNet, UNetConfig
 
 ADM64_WITH_SIGMA = 295_904_454  # guided-diffusion ADM-64 (learned σ: 6 output channels), SPEC 7.2
 SIGMA_HEAD = 3 * 192 * 9 + 3  # the 3 extra output channels of its final 3x3 conv
@@ -131,7 +131,7 @@ def test_corrupted_and_foreign_files_give_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="not a readable cfgedu checkpoint"):
         load_checkpoint_model(tmp_path / "cut.pt")
     torch.save({"weights": torch.zeros(3)}, tmp_path / "foreign.pt")
-    with pytest.raises(ValueError, match="not a cfgedu model file"):
+    with pytest.raises(ValueError, match="not a cfgedu run or model file"):
         load_checkpoint_model(tmp_path / "foreign.pt")
 
 

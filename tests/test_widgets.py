@@ -1,5 +1,6 @@
 """Widget logic without a kernel: move a slider, check the artists and the readouts."""
 import re
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -7,9 +8,9 @@ import torch
 
 pytest.importorskip("ipywidgets")
 
+from cfgedu.core.schedule import alpha_sigma  # noqa: E402
 from cfgedu.frontend import widgets  # noqa: E402
 from cfgedu.toy.grid import Grid2D, mix, tilted_densities  # noqa: E402
-from cfgedu.core.schedule import alpha_sigma  # noqa: E402
 
 
 def parse_readout(text: str) -> tuple[float, float]:
@@ -86,7 +87,7 @@ def test_w_slider_is_marked_for_the_browser_and_rejects_a_value_outside_its_rang
 def test_time_sliders_moves_every_slider_to_new_values(toy):
     panel = widgets.ScoreFieldWidget(toy, Grid2D.covering(toy, n=16), arrows=3)
     values = widgets.slider_values(panel.sliders["c"], 4)
-    assert all(a != b for a, b in zip([panel.sliders["c"].value, *values], values))
+    assert all(a != b for a, b in pairwise([panel.sliders["c"].value, *values]))
     timings = widgets.time_sliders(panel, moves=3)
     assert set(timings) == {"λ", "c"} and all(len(t) == 3 and min(t) > 0 for t in timings.values())
 
@@ -97,5 +98,5 @@ def test_range_sliders_get_new_intervals():
     slider = ipywidgets.FloatRangeSlider(value=(-3.0, 2.5), min=-20.0, max=20.0, step=0.5)
     values = widgets.slider_values(slider, 5)
     assert all(isinstance(v, tuple) and v[0] < v[1] for v in values)
-    assert all(a != b for a, b in zip([slider.value, *values], values))
+    assert all(a != b for a, b in pairwise([slider.value, *values]))
     slider.value = values[-1]  # the slider accepts them

@@ -32,13 +32,13 @@ def run(args) -> None:
 
     import torch
 
-    from ..engine.bench import benchmark
     from ..core.checks import check_positive_int
     from ..core.configs import apply_overrides
-    from ..engine.presets import preset
-    from ..engine.flops import forward_flops
-    from ..engine.experiment import build_network
     from ..core.tensors import default_device
+    from ..engine.bench import benchmark
+    from ..engine.experiment import build_network
+    from ..engine.flops import forward_flops
+    from ..engine.presets import preset
 
     if args.threads:
         torch.set_num_threads(check_positive_int("threads", args.threads))

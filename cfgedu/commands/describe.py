@@ -18,9 +18,8 @@ def run(args) -> None:
     import json
 
     from ..core.configs import apply_overrides
-
-    from ..engine.presets import preset
     from ..engine.flops import describe_experiment
+    from ..engine.presets import preset
 
     experiment = apply_overrides(preset(args.preset), override_pairs(args.overrides))
     print(json.dumps({"preset": args.preset, **describe_experiment(experiment)}, indent=2))

@@ -26,9 +26,10 @@ def add_arguments(parser):
 
 def run(args) -> None:
     from ..core.guidance import check_w
-    from ..images.sampling import class_labels, sample_images, save_grid
     from ..core.tensors import default_device
     from ..engine.runs import load_checkpoint_model
+    from ..frontend.plotting import save_grid
+    from ..images.sampling import class_labels, sample_images
 
     output_image(args.out)
     check_w(args.w)
@@ -40,3 +41,4 @@ def run(args) -> None:
                            method=args.method, v=args.v, batch_size=args.batch_size, progress=True)
     save_grid(images, classes, args.out)
     print(f"wrote {args.out}: {classes} classes x {args.n} samples at w = {args.w:g} (s = {1 + args.w:g})")
+

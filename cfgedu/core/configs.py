@@ -60,7 +60,7 @@ def parse_value(text: str, annotation, name: str):
             element_types = args if args and args[-1] is not Ellipsis else [args[0] if args else float] * len(parts)
             if len(element_types) != len(parts):
                 raise ValueError(f"expected {len(element_types)} comma-separated values")
-            return tuple(parse_value(part, kind, name) for part, kind in zip(parts, element_types))
+            return tuple(parse_value(part, kind, name) for part, kind in zip(parts, element_types, strict=True))
         if annotation is bool:
             if text.lower() not in _TRUE + _FALSE:
                 raise ValueError("expected true or false")

@@ -7,7 +7,7 @@ the unconditional one. Diffusers, Imagen, EDM2 and DiT write the same rule with 
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Union
+from collections.abc import Callable
 
 import torch
 
@@ -15,7 +15,7 @@ from .checks import check_finite
 from .tensors import expand_like
 
 EpsModel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-GuidanceWeight = Union[float, Callable[[torch.Tensor], torch.Tensor]]
+GuidanceWeight = float | Callable[[torch.Tensor], torch.Tensor]
 # Beyond this |w| (the paper sweeps 0..4, the course goes to 16) the w·(ε(z, c) − ε(z, ∅)) term swamps ε and the
 # samples saturate: every one is pushed to the far edge of its class.
 SATURATED_W = 100.0

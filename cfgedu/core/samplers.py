@@ -5,7 +5,7 @@ comes from the `generator` argument. A guided model is just another eps_model (s
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from tqdm.auto import tqdm

@@ -9,6 +9,7 @@ import torch
 
 from ..core.tensors import derive_seed, make_generator
 
+
 class DataSource(Protocol):
     """Training examples as a pure function of (seed, step, micro, rank), so resume is exact.
 

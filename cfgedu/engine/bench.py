@@ -8,9 +8,9 @@ from contextlib import nullcontext
 
 import torch
 
-from .flops import TRAIN_FLOPS_PER_FORWARD, count_parameters, forward_flops
 from ..core.guidance import guided
 from ..core.losses import diffusion_loss
+from .flops import TRAIN_FLOPS_PER_FORWARD, count_parameters, forward_flops
 
 # dense bf16 peaks in FLOP/s by device-name substring (SPEC 9 for the H100)
 BF16_PEAKS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12}

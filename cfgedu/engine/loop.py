@@ -18,10 +18,10 @@ import dataclasses
 import math
 import time
 import warnings
+from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -33,8 +33,17 @@ from ..core.tensors import derive_seed, make_generator
 from ..data.source import DataSource, slot_offset
 from .config import TrainConfig
 from .processes import Processes, mean_over_processes, start_processes
-from .runs import (CHECKPOINT, CONFIG_JSON, METRICS, append_metrics, check_resumable, folder_lock, read_checkpoint,
-                   trim_metrics, write_checkpoint)
+from .runs import (
+    CHECKPOINT,
+    CONFIG_JSON,
+    METRICS,
+    append_metrics,
+    check_resumable,
+    folder_lock,
+    read_checkpoint,
+    trim_metrics,
+    write_checkpoint,
+)
 
 _NOISE_STREAM, _DROPOUT_STREAM = 1, 2
 
@@ -57,9 +66,9 @@ def learning_rate(config: TrainConfig, step: int) -> float:
 @torch.no_grad()
 def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
     """θ_ema ← decay·θ_ema + (1 − decay)·θ; buffers are copied."""
-    for ema_param, param in zip(ema.parameters(), model.parameters()):
+    for ema_param, param in zip(ema.parameters(), model.parameters(), strict=True):
         ema_param.lerp_(param, 1 - decay)
-    for ema_buffer, buffer in zip(ema.buffers(), model.buffers()):
+    for ema_buffer, buffer in zip(ema.buffers(), model.buffers(), strict=True):
         ema_buffer.copy_(buffer)
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from typing import Callable
+from collections.abc import Callable
 
+from ..core.checks import check_positive_int
 from ..core.configs import apply_overrides
 from ..data.digits import DigitsData
 from ..data.imagenet64 import ImageNet64Source
@@ -22,7 +23,7 @@ TOY_STEPS = 3000
 def toy_ema_decay(steps: int) -> float:
     """An EMA that forgets the initial weights within a short run: 1 − 20/steps (e^{−20} of them left), at most
     0.995."""
-    return min(0.995, max(0.0, 1 - 20 / steps))
+    return min(0.995, max(0.0, 1 - 20 / check_positive_int("steps", steps)))
 
 
 def _toy_train(steps: int = TOY_STEPS) -> TrainConfig:

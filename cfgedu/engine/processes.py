@@ -10,6 +10,7 @@ import torch.distributed as dist
 
 from .config import PROCESS_GROUP_TIMEOUT_S, TrainConfig
 
+
 @dataclass(frozen=True)
 class Processes:
     rank: int

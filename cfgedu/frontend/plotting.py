@@ -1,10 +1,14 @@
 """Matplotlib helpers: each takes an ax and data and returns the ax (or the artist it draws)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import matplotlib.pyplot as plt
 import torch
 
 from ..core.guidance import EpsModel
+from ..core.io import atomic_write
+from ..images.sampling import image_grid
 from ..toy.fields import as_float64, cfg_field, curl_from_jacobian, jacobian, relative_curl
 from ..toy.figure2 import Figure2
 from ..toy.grid import Grid2D, grid_values, mix
@@ -12,6 +16,14 @@ from ..toy.helmholtz import HelmholtzHodge
 from ..toy.metrics import radial_distances
 from ..toy.mixture import GaussianMixture
 from ..toy.tradeoff import Sweep
+
+
+def save_grid(images: torch.Tensor, rows: int, path: Path) -> Path:
+    """Write image_grid(images, rows) atomically in the format of path's suffix (grey for one channel)."""
+    grid, path = image_grid(images, rows), Path(path)
+    cmap = "gray" if grid.ndim == 2 else None
+    return atomic_write(path, lambda handle: plt.imsave(handle, grid, cmap=cmap, vmin=0, vmax=1,
+                                                        format=path.suffix[1:].lower()))
 
 
 def _bare(ax, title: str | None):
@@ -39,7 +51,7 @@ def histogram_density(grid: Grid2D, samples: torch.Tensor, bins: int, weights: t
     """
     h = grid.half_width
     if samples.ndim == 3:
-        return sum(wk * histogram_density(grid, s, bins) for wk, s in zip(weights.tolist(), samples))
+        return sum(wk * histogram_density(grid, s, bins) for wk, s in zip(weights.tolist(), samples, strict=True))
     counts, _ = torch.histogramdd(samples[:, [1, 0]].double(), bins=[bins, bins], range=[-h, h, -h, h])
     return counts / (samples.shape[0] * (2 * h / bins) ** 2)
 
@@ -103,7 +115,7 @@ def plot_helmholtz(split: HelmholtzHodge, title: str = ""):
     fig, axes = plt.subplots(1, 3, figsize=(9.6, 3.4))
     parts = (("field $f$", split.field), (r"gradient part $\nabla\varphi$", split.gradient),
              (r"rotational part $\nabla^\perp\psi$ over $\psi$", split.rotational))
-    for ax, (name, values) in zip(axes, parts):
+    for ax, (name, values) in zip(axes, parts, strict=True):
         values = values.numpy()
         if ax is axes[2]:
             ax.imshow(split.stream.numpy(), origin="lower", extent=(-h, h, -h, h), cmap="PuOr")

@@ -7,6 +7,7 @@ $CFGEDU_CACHE (default ~/.cache/cfgedu), written atomically and read with weight
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..core.io import atomic_torch_save, safe_torch_load
+from .evaluation import Extractor, Protocol
+from .metrics import FeatureStats, Moments
 
 CACHE_VERSION = 1
 
@@ -65,7 +68,8 @@ def random_shift(x: torch.Tensor, shift: int, generator: torch.Generator) -> tor
     return F.pad(x, (shift,) * 4, value=-1.0)[..., dy:dy + size, dx:dx + size]
 
 
-def train_classifier(config: ClassifierConfig = ClassifierConfig(), progress: bool = True) -> tuple[DigitsClassifier, float]:
+def train_classifier(config: ClassifierConfig = ClassifierConfig(),
+                     progress: bool = True) -> tuple[DigitsClassifier, float]:
     """Adam on cross-entropy over the training split; returns the model (eval mode) and its validation accuracy."""
     from ..data.digits import load_digits_split
 
@@ -118,23 +122,53 @@ def load_classifier(config: ClassifierConfig = ClassifierConfig(), progress: boo
     return model
 
 
-def digits_features(config: ClassifierConfig = ClassifierConfig(), batch_size: int = 500):
-    """A feature extractor images (N, 1, S, S) -> (features (N, D), logits (N, K)) for image_eval."""
-    model = load_classifier(config)
+def digits_features(batch_size: int = 500) -> Extractor:
+    """The extractor images (N, 1, S, S) in [−1, 1] -> (features (N, D), logits (N, 10)), with the cached
+    classifier of the images' size S."""
+    models = {}
 
     @torch.no_grad()
     def extract(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        parts = [model(chunk.float().cpu()) for chunk in images.split(batch_size)]
+        size = images.shape[-1]
+        if size not in models:
+            models[size] = load_classifier(ClassifierConfig(image_size=size))
+        parts = [models[size](chunk.float().cpu()) for chunk in images.split(batch_size)]
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
     return extract
 
 
-def digits_protocol(image_size: int = 16):
-    """The toy-scale FID/IS protocol: the cached CNN's features, the validation split as FID reference and the
-    training split as the pool of the real-data floor."""
-    from ..data.digits import load_digits_split
-    from .evaluation import EvalProtocol
+def check_digits_fit(model: nn.Module) -> None:
+    """The digits protocol scores 1-channel 8/16/32-pixel digits of 10 classes; any other network is refused."""
+    from ..data.digits import NUM_CLASSES, SIZES
 
-    return EvalProtocol(digits_features(ClassifierConfig(image_size=image_size)),
-                        load_digits_split("val", image_size)[0], load_digits_split("train", image_size)[0], 10)
+    shape = tuple(getattr(model.config, "data_shape", ()))
+    if model.num_classes == NUM_CLASSES and shape in {(1, size, size) for size in SIZES}:
+        return
+    takes = f"{'x'.join(map(str, shape))} images" if len(shape) == 3 else "points, not images,"
+    raise ValueError(f"this checkpoint's network takes {takes} with {model.num_classes} classes; the digits protocol "
+                     f"needs 1-channel {'/'.join(map(str, SIZES))}-pixel digits with {NUM_CLASSES} classes: "
+                     f"use --protocol imagenet --inception PATH for an ImageNet 64x64 checkpoint")
+
+
+def split_at_model_size(split: str) -> Callable[[nn.Module], torch.Tensor]:
+    """model -> the images (N, 1, S, S) of a digits split at the model's image size S."""
+    from ..data.digits import load_digits_split
+
+    def images(model: nn.Module) -> torch.Tensor:
+        return load_digits_split(split, model.config.image_size)[0]
+
+    return images
+
+
+def digits_protocol(batch_size: int = 500) -> Protocol:
+    """The toy-scale FID/IS protocol: the cached CNN of the model's image size plays Inception (features for FID,
+    class logits for IS and accuracy), the validation split is the FID reference and the training split the pool
+    of the real-data floor; one IS split, 128 steps, 100 samples per class."""
+    extract, validation = digits_features(batch_size), split_at_model_size("val")
+
+    def reference(model: nn.Module, run_config: dict | None = None) -> Moments:
+        return FeatureStats.of(extract(validation(model))[0]).moments()
+
+    return Protocol("digits", extract, reference, floor_pool=split_at_model_size("train"), class_logits=True,
+                    check=check_digits_fit)

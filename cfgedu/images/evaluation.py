@@ -1,138 +1,250 @@
-"""The paper's image metrics with a pluggable feature extractor: FID, IS, class accuracy, and the FID floor.
+"""Image evaluation, once: a protocol says what images are measured with, one sweep measures them for every w.
 
-A feature extractor is any function images (N, C, H, W) -> (features (N, D), logits (N, K)): the digits
-CNN (classifier.py) at toy scale, Inception for ImageNet. FID is the Fréchet distance between Gaussian
-fits of the features (Heusel et al. 2017); IS = exp(E_x KL(p(y|x) ‖ p(y))) on the softmax (Salimans et al. 2016).
+An extractor maps model-range images (N, C, H, W) in [−1, 1] to (features (N, D), logits (N, K)). A Protocol pairs
+one with its reference statistics: the digits CNN at toy scale (digits_classifier.digits_protocol), Inception for
+ImageNet 64x64 (inception.imagenet_protocol). guidance_sweep samples n class-balanced labels at each w, streams the
+samples through the extractor and scores FID against the reference, IS over the protocol's splits and, when the
+logits are the model's classes, the accuracy of the requested labels. Under torch.distributed each rank draws its
+share of the labels and the statistics are pooled, so every rank returns the same rows.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Callable
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 
-import numpy as np
 import torch
+from torch import nn
 
-from ..core.checks import check_positive_int
-from ..toy.metrics import frechet_gaussians, gaussian_fit
-from ..toy.metrics import inception_score as metrics_inception_score
+from ..core.tensors import derive_seed, make_generator
+from .metrics import (
+    FeatureStats,
+    Moments,
+    accuracy_columns,
+    fid_floor,
+    frechet_distance,
+    gather_in_order,
+    inception_score,
+    rank_and_world,
+)
+from .sampling import balanced_labels, sample_batches
 
-FeatureExtractor = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+Extractor = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # images in [−1, 1] -> (features, logits)
+PaperTable = Mapping[float, Mapping[float, tuple[float, float]]]  # p_uncond -> w -> (FID, IS)
+
+
+def accept_any_model(model: nn.Module) -> None:
+    """The default Protocol.check: every network is accepted."""
 
 
 @dataclass(frozen=True)
-class GaussianStats:
-    """Mean (D,) and covariance (D, D) of a feature set, float64."""
+class Protocol:
+    """What FID, IS and accuracy are measured with.
 
-    mean: torch.Tensor
-    cov: torch.Tensor
-
-    @classmethod
-    def of(cls, features: torch.Tensor) -> "GaussianStats":
-        return cls(*gaussian_fit(features.detach().cpu()))
-
-
-def frechet_distance(a: GaussianStats, b: GaussianStats) -> float:
-    """FID = ‖m_a − m_b‖² + tr(C_a + C_b − 2 (C_a^½ C_b C_a^½)^½) (cfgedu.toy.metrics, shared with the 2D toy)."""
-    return frechet_gaussians(a.mean, a.cov, b.mean, b.cov)
-
-
-def inception_score(logits: torch.Tensor) -> float:
-    """IS = exp(E_x KL(p(y|x) ‖ p̂(y))) of the classifier's softmax, p̂(y) its mean over the set (one split)."""
-    return metrics_inception_score(torch.softmax(logits.double(), dim=1))
-
-
-def class_accuracy(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tuple[float, list[float]]:
-    """The fraction of images classified as their requested label, overall and per class."""
-    hit = (logits.argmax(1) == labels).double()
-    per_class = [hit[labels == k].mean().item() if (labels == k).any() else float("nan") for k in range(num_classes)]
-    return hit.mean().item(), per_class
-
-
-def fid_floor(pool_features: torch.Tensor, reference: GaussianStats, n: int, repeats: int,
-              generator: torch.Generator) -> tuple[float, float]:
-    """Mean and std of the FID of `repeats` random n-image subsets of real features against `reference`.
-
-    This is the real-data floor with the same sample-size bias as an n-sample FID (subsets are drawn without
-    replacement when the pool is large enough).
+    reference(model, run_config) gives the (mean, cov) of real features (run_config: the run's config.json, {} outside
+    a run); floor_pool(model), when given, the real images whose n-image subsets give the FID floor; check(model)
+    refuses a network the protocol cannot score, with an error that says what to use instead.
     """
-    n, repeats = check_positive_int("n", n), check_positive_int("repeats", repeats)
-    size = len(pool_features)
 
-    def subset() -> torch.Tensor:
-        index = torch.randperm(size, generator=generator)[:n] if n <= size else torch.randint(size, (n,), generator=generator)
-        return pool_features[index]
-
-    draws = [frechet_distance(GaussianStats.of(subset()), reference) for _ in range(repeats)]
-    return float(np.mean(draws)), float(np.std(draws))
-
-
-@dataclass(frozen=True)
-class EvalProtocol:
-    """What FID/IS are measured with: a feature extractor, the reference images and a pool of real images
-    for the floor (digits: the CNN, the validation split and the training split)."""
-
-    extract: FeatureExtractor
-    reference: torch.Tensor  # (N_ref, C, H, W)
-    pool: torch.Tensor  # (N_pool, C, H, W)
-    num_classes: int
+    name: str
+    extract: Extractor
+    reference: Callable[[nn.Module, dict], Moments]
+    floor_pool: Callable[[nn.Module], torch.Tensor] | None = None
+    is_splits: int = 1
+    class_logits: bool = False  # the logits are the model's classes: the accuracy columns are measured
+    steps: int = 128  # sampling steps T unless asked otherwise
+    per_class: int = 100  # samples per class and per w unless asked otherwise
+    paper: PaperTable | None = None  # numbers to print beside ours
+    check: Callable[[nn.Module], None] = accept_any_model
 
 
-@dataclass(frozen=True)
-class ImageScores:
-    w: float
-    accuracy: float
-    min_class_accuracy: float
-    fid: float
-    is_: float
-    per_class_accuracy: tuple[float, ...]
+# ---- one rank's share -------------------------------------------------------------------------------------------
 
-    def row(self) -> dict:
-        """The eval.json row: {"w", "accuracy", "min_class_accuracy", "fid", "is", "per_class_accuracy"}."""
-        row = asdict(self)
-        row["is"] = row.pop("is_")
-        row["per_class_accuracy"] = list(self.per_class_accuracy)
-        return row
+def shard(labels: torch.Tensor, seed: int) -> tuple[torch.Tensor, int]:
+    """This rank's labels[rank::W] and its sampling seed: `seed` on rank 0, derive_seed(seed, rank) elsewhere.
 
-
-def score_images(extract: FeatureExtractor, images: torch.Tensor, labels: torch.Tensor, reference: GaussianStats,
-                 num_classes: int, w: float = float("nan")) -> ImageScores:
-    """Accuracy against the requested labels, FID against `reference` and IS of a generated set."""
-    features, logits = extract(images)
-    accuracy, per_class = class_accuracy(logits, labels.cpu(), num_classes)
-    return ImageScores(w=float(w), accuracy=accuracy, min_class_accuracy=float(np.nanmin(per_class)),
-                       fid=frechet_distance(GaussianStats.of(features), reference), is_=inception_score(logits),
-                       per_class_accuracy=tuple(per_class))
-
-
-def markdown_table(rows: list[dict], fid_floor_value: float) -> str:
-    """The rows of eval.json as a Markdown table (w, s = 1 + w, accuracy, min class accuracy, FID, FID/floor, IS)."""
-    lines = ["| w | s = 1 + w | accuracy | min class acc. | FID | FID / floor | IS |", "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['w']:g} | {1 + r['w']:g} | {r['accuracy']:.3f} | {r['min_class_accuracy']:.3f} | "
-                     f"{r['fid']:.2f} | {r['fid'] / fid_floor_value:.2f} | {r['is']:.2f} |")
-    return "\n".join(lines) + f"\n\nFID floor (real training subsets of the same size): {fid_floor_value:.2f}\n"
-
-
-def evaluate_guidance(model: torch.nn.Module, ws: list[float], protocol: EvalProtocol, *, per_class: int = 100,
-                      steps: int = 128, seed: int = 0, method: str = "ancestral", batch_size: int = 500,
-                      floor_repeats: int = 5, progress: bool = True) -> tuple[dict, dict[float, torch.Tensor]]:
-    """Sample per_class images of every class at each w and score them: ({"fid_floor", "rows"}, {w: images}).
-
-    Every w uses the same seed, so the rows differ only by guidance.
+    Rank 0 thus draws what a single process draws for the same labels; the pooled numbers of W ranks differ from
+    one process's (other noise for the other ranks' samples) but not between ranks.
     """
+    rank, world_size = rank_and_world()
+    if len(labels) < world_size:
+        raise ValueError(f"n = {len(labels)} samples cannot be shared out between {world_size} ranks")
+    return labels[rank::world_size], seed if rank == 0 else derive_seed(seed, rank)
+
+
+def grid_mask(labels: torch.Tensor, classes: int, columns: int) -> torch.Tensor:
+    """Which of these labels (sorted, in class blocks) a grid shows: the first `columns` of each of the first
+    `classes` classes, fewer columns if one of those classes has fewer samples here."""
+    occurrence = torch.arange(len(labels)) - torch.searchsorted(labels, labels)  # index within the class block
+    counts = torch.bincount(labels, minlength=classes)[:classes]
+    columns = min(columns, int(counts.min())) if classes > 0 else 0
+    return (labels < classes) & (occurrence < columns)
+
+
+def tap(batches: Iterable[torch.Tensor], keep: torch.Tensor, kept: list, bar) -> Iterator[torch.Tensor]:
+    """Pass the batches on, appending the images that `keep` (one flag per image, in order) selects to `kept` and
+    counting them on a progress bar."""
+    start = 0
+    for images in batches:
+        kept.append(images[keep[start:start + len(images)]])
+        start += len(images)
+        bar.update(len(images))
+        yield images
+
+
+# ---- scoring ----------------------------------------------------------------------------------------------------
+
+def score_samples(protocol: Protocol, batches: Iterable[torch.Tensor], labels: torch.Tensor,
+                  reference: Moments) -> dict:
+    """{"n", "fid", "is", "is_std"} and, for class logits, the accuracy columns of a sample set, pooled over ranks.
+
+    `labels` (N,) are all the requested labels; this rank's `batches` are the images it drew for labels[rank::W].
+    """
+    stats, logits = FeatureStats(), []
+    for images in batches:
+        features, batch_logits = protocol.extract(images)
+        stats.update(features)
+        logits.append(batch_logits.detach().float().cpu())
+    stats.all_reduce()
+    logits = gather_in_order(torch.cat(logits), stats.count)  # (N, K) in the order of `labels`
+    is_mean, is_std = inception_score(logits, protocol.is_splits)
+    row = {"n": stats.count, "fid": frechet_distance(stats, reference), "is": is_mean, "is_std": is_std}
+    return {**row, **accuracy_columns(logits, labels, logits.shape[1])} if protocol.class_logits else row
+
+
+def floor_columns(protocol: Protocol, model: nn.Module, reference: Moments, n: int, repeats: int, seed: int) -> dict:
+    """{"fid_floor", "fid_floor_std"} from the protocol's pool of real images, {} for a protocol without one."""
+    if protocol.floor_pool is None:
+        return {}
+    pool_features = protocol.extract(protocol.floor_pool(model))[0]
+    floor, spread = fid_floor(pool_features, reference, n, repeats, torch.Generator().manual_seed(seed))
+    return {"fid_floor": floor, "fid_floor_std": spread}
+
+
+def guidance_sweep(model: nn.Module, ws: list[float], protocol: Protocol, *, n: int | None = None,
+                   per_class: int | None = None, steps: int | None = None, seed: int = 0, method: str = "ancestral",
+                   v: float = 0.3, batch_size: int = 500, floor_repeats: int = 5, grid: tuple[int, int] = (0, 0),
+                   run_config: dict | None = None, progress: bool = True) -> tuple[dict, dict[float, torch.Tensor]]:
+    """Sample n class-balanced labels (default per_class per class, in class blocks) at each w and score them.
+
+    Returns ({"protocol", "n", "steps", "method", "v", "seed", ["fid_floor", "fid_floor_std",] "rows"}, grids): one
+    row {"w", "n", "fid", "is", "is_std"[, accuracy columns]} per w, and for grid = (classes, columns) the first
+    samples of the first classes, {w: (classes, columns, C, H, W)}. Every w draws the same noise, so the rows differ
+    only by guidance.
+    """
+    protocol.check(model)
+    n, steps = n or (per_class or protocol.per_class) * model.num_classes, steps or protocol.steps
+    reference = protocol.reference(model, run_config or {})
+    labels = balanced_labels(n, model.num_classes)
+    mine, my_seed = shard(labels, seed)
+    keep = grid_mask(mine, min(grid[0], model.num_classes), grid[1])
+    grid_shape = (len(mine[keep].unique()), -1) if keep.any() else (0, 0)  # (classes, columns)
+    floor = floor_columns(protocol, model, reference, n, floor_repeats, seed)
+    draw = partial(sample_batches, model, mine, steps=steps, method=method, v=v, batch_size=batch_size)
+    device, rows, grids = next(model.parameters()).device, [], {}
+    with progress_bar(len(ws) * len(mine), progress) as bar:
+        for w in ws:
+            batches, kept = draw(w, generator=make_generator(my_seed, device)), []
+            rows.append({"w": float(w), **score_samples(protocol, tap(batches, keep, kept, bar), labels, reference)})
+            grids[w] = torch.cat(kept).unflatten(0, grid_shape)
+    return ({"protocol": protocol.name, "n": n, "steps": steps, "method": method, "v": v, "seed": seed, **floor,
+             "rows": rows}, grids if keep.any() else {})
+
+
+def progress_bar(total: int, show: bool):
+    """A tqdm bar over the samples of a sweep, shown on rank 0 only."""
     from tqdm.auto import tqdm
 
-    from .sampling import class_labels, sample_images
+    return tqdm(total=total, desc="guidance sweep", unit="img", disable=not show or rank_and_world()[0] != 0)
 
-    if model.num_classes != protocol.num_classes:
-        raise ValueError(f"the model has {model.num_classes} classes but the protocol {protocol.num_classes}")
-    reference = GaussianStats.of(protocol.extract(protocol.reference)[0])
-    labels = class_labels(protocol.num_classes, per_class)
-    floor, floor_std = fid_floor(protocol.extract(protocol.pool)[0], reference, len(labels), floor_repeats,
-                                 torch.Generator().manual_seed(seed))
-    rows, samples = [], {}
-    for w in tqdm(ws, desc="guidance strengths", disable=not progress):
-        samples[w] = sample_images(model, labels, w, steps=steps, seed=seed, method=method, batch_size=batch_size)
-        rows.append(score_images(protocol.extract, samples[w], labels, reference, protocol.num_classes, w).row())
-    return {"fid_floor": floor, "fid_floor_std": floor_std, "steps": steps, "method": method, "seed": seed,
-            "per_class": per_class, "rows": rows}, samples
+
+# ---- tables -----------------------------------------------------------------------------------------------------
+
+def markdown_table(rows: list[dict], *, floor: float | None = None, paper: tuple[str, Mapping] | None = None,
+                   is_std: bool = False) -> str:
+    """eval.json rows as a Markdown table: w, s = 1 + w, [accuracy, min class acc.,] FID, [FID / floor,] IS [± std]
+    [and the paper's FID and IS, paper = (a note such as "p_uncond 0.1", {w: (FID, IS)})]."""
+    columns = [("w", lambda r: f"{r['w']:g}"), ("s = 1 + w", lambda r: f"{1 + r['w']:g}")]
+    if rows and "accuracy" in rows[0]:
+        columns += [("accuracy", lambda r: f"{r['accuracy']:.3f}"),
+                    ("min class acc.", lambda r: f"{r['min_class_accuracy']:.3f}")]
+    columns.append(("FID", lambda r: f"{r['fid']:.2f}"))
+    if floor is not None:
+        columns.append(("FID / floor", lambda r: f"{r['fid'] / floor:.2f}"))
+    columns.append(("IS", lambda r: f"{r['is']:.2f}" + (f" ± {r['is_std']:.2f}" if is_std else "")))
+    if paper is not None:
+        columns += paper_columns(*paper)
+    lines = ["| " + " | ".join(name for name, _ in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row) for _, cell in columns) + " |" for row in rows]
+    footer = f"\nFID floor (real training subsets of the same size): {floor:.2f}\n" if floor is not None else ""
+    return "\n".join(lines) + "\n" + footer
+
+
+def paper_columns(note: str, table: Mapping[float, tuple[float, float]]) -> list:
+    """The paper's FID and IS at each row's w ("–" where the paper has no such w)."""
+    def column(index: int) -> Callable[[dict], str]:
+        return lambda r: f"{table[round(r['w'], 6)][index]:g}" if round(r["w"], 6) in table else "–"
+
+    return [(f"paper FID ({note})", column(0)), ("paper IS", column(1))]
+
+
+def paper_for(protocol: Protocol, p_uncond: float | None) -> tuple[str, Mapping] | None:
+    """The protocol's paper numbers for a run's p_uncond (the first the paper reports when it has not that one)."""
+    if not protocol.paper:
+        return None
+    p_uncond = p_uncond if p_uncond in protocol.paper else next(iter(protocol.paper))
+    return f"p_uncond {p_uncond:g}", protocol.paper[p_uncond]
+
+
+def result_table(result: dict, protocol: Protocol) -> str:
+    """The Markdown table of a guidance_sweep result, with the columns its protocol measures."""
+    return markdown_table(result["rows"], floor=result.get("fid_floor"), is_std=protocol.is_splits > 1,
+                          paper=paper_for(protocol, result.get("p_uncond")))
+
+
+# ---- a run folder -----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Evaluation:
+    result: dict  # eval.json
+    table: str  # eval.md
+    grids: dict[float, torch.Tensor]  # w -> (classes, columns, C, H, W) samples of rank 0 ({} elsewhere)
+
+
+def join_processes() -> torch.device:
+    """This process's device; under torchrun (WORLD_SIZE > 1) also joins the process group (NCCL or gloo)."""
+    from ..engine.processes import join_process_group
+
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if torch.cuda.is_available() else \
+        torch.device("cpu")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        join_process_group(device)
+    return device
+
+
+def evaluate_checkpoint(run: Path, protocol: Protocol, ws: list[float], *, progress: bool = True,
+                        **options) -> Evaluation:
+    """The guidance sweep of a training folder (or its checkpoint.pt) from its EMA weights; `options` are
+    guidance_sweep's. Under torchrun every process takes its share of the samples."""
+    from ..engine.runs import load_checkpoint_model
+
+    run = Path(run)
+    folder = run.parent if run.suffix == ".pt" else run
+    model = load_checkpoint_model(run, use_ema=True).to(join_processes())
+    config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
+    result, grids = guidance_sweep(model, ws, protocol, run_config=config, progress=progress, **options)
+    result = {"checkpoint": str(run), **result, "p_uncond": config.get("train", {}).get("p_uncond")}
+    return Evaluation(result, result_table(result, protocol), grids if rank_and_world()[0] == 0 else {})
+
+
+def write_evaluation(evaluation: Evaluation, out: Path) -> str:
+    """Write OUT/eval.json and OUT/eval.md on rank 0; return the table."""
+    from ..core.io import atomic_write_json, atomic_write_text
+
+    if rank_and_world()[0] == 0:
+        atomic_write_json(evaluation.result, Path(out) / "eval.json")
+        atomic_write_text(evaluation.table, Path(out) / "eval.md")
+    return evaluation.table

@@ -5,16 +5,17 @@ clipped to the data range [−1, 1] at every step, as ADM does (`clip_denoised=T
 """
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 
 from ..core.checks import check_finite, check_positive_int
 from ..core.guidance import guided
-from ..core.io import atomic_write
 from ..core.samplers import sample
 from ..core.schedule import LogSNRSchedule
+
+DEFAULT_SCHEDULE = LogSNRSchedule()  # λ on [−20, 20]
 
 
 def class_labels(num_classes: int, per_class: int) -> torch.Tensor:
@@ -23,23 +24,35 @@ def class_labels(num_classes: int, per_class: int) -> torch.Tensor:
         check_positive_int("per_class", per_class))
 
 
-@torch.no_grad()
-def sample_images(model: torch.nn.Module, labels: torch.Tensor, w: float, *, steps: int = 128, seed: int = 0,
-                  method: str = "ancestral", v: float = 0.3, batch_size: int = 500, clip_x: float | None = 1.0,
-                  schedule: LogSNRSchedule = LogSNRSchedule(), progress: bool = False) -> torch.Tensor:
+def balanced_labels(n: int, num_classes: int) -> torch.Tensor:
+    """(n,) labels in class blocks, class k holding ⌊n/K⌋ or ⌈n/K⌉ of them: class_labels(K, n / K) when K divides n."""
+    n, num_classes = check_positive_int("n", n), check_positive_int("num_classes", num_classes)
+    return torch.arange(n) * num_classes // n
+
+
+def sample_batches(model: torch.nn.Module, labels: torch.Tensor, w: float, *, generator: torch.Generator,
+                   steps: int = 128, method: str = "ancestral", v: float = 0.3, batch_size: int = 500,
+                   clip_x: float | None = 1.0, schedule: LogSNRSchedule = DEFAULT_SCHEDULE,
+                   progress: bool = False) -> Iterator[torch.Tensor]:
+    """Guided samples (B, C, H, W) on the CPU for labels.split(batch_size) in turn, all drawing from `generator`."""
+    w, batch_size = check_finite("w", w), check_positive_int("batch_size", batch_size)
+    eps_model = guided(model, w)
+    for chunk in labels.split(batch_size):
+        with torch.no_grad():
+            images = sample(eps_model, model.config.data_shape, chunk, generator=generator, schedule=schedule,
+                            steps=steps, v=v, method=method, clip_x=clip_x, progress=progress)
+        yield images.float().cpu()
+
+
+def sample_images(model: torch.nn.Module, labels: torch.Tensor, w: float, *, seed: int = 0,
+                  **options) -> torch.Tensor:
     """Guided samples for `labels` (N,) with strength w (s = 1 + w), on the model's device; returns (N, C, H, W) on CPU.
 
     Batches of `batch_size` images draw in turn from one generator seeded with `seed`: a call with the same
-    seed and batch_size repeats exactly.
+    seed and batch_size repeats exactly. `options` are sample_batches'.
     """
-    w, batch_size = check_finite("w", w), check_positive_int("batch_size", batch_size)
-    device = next(model.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(int(seed))
-    eps_model = guided(model, w)
-    parts = [sample(eps_model, model.config.data_shape, chunk, generator=generator, schedule=schedule, steps=steps,
-                    v=v, method=method, clip_x=clip_x, progress=progress).float().cpu()
-             for chunk in labels.split(batch_size)]
-    return torch.cat(parts)
+    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(int(seed))
+    return torch.cat(list(sample_batches(model, labels, w, generator=generator, **options)))
 
 
 def image_grid(images: torch.Tensor, rows: int) -> np.ndarray:
@@ -50,13 +63,3 @@ def image_grid(images: torch.Tensor, rows: int) -> np.ndarray:
     tiles = ((images.clamp(-1, 1) + 1) / 2).reshape(rows, n // rows, ch, h, wd)
     grid = tiles.permute(0, 3, 1, 4, 2).reshape(rows * h, (n // rows) * wd, ch).numpy()
     return grid[..., 0] if ch == 1 else grid
-
-
-def save_grid(images: torch.Tensor, rows: int, path: Path) -> Path:
-    """Write image_grid(images, rows) atomically in the format of path's suffix (grey for one channel)."""
-    import matplotlib.pyplot as plt
-
-    grid, path = image_grid(images, rows), Path(path)
-    cmap = "gray" if grid.ndim == 2 else None
-    return atomic_write(path, lambda handle: plt.imsave(handle, grid, cmap=cmap, vmin=0, vmax=1,
-                                                        format=path.suffix[1:].lower()))

@@ -12,7 +12,6 @@ import dataclasses
 import reprlib
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Union
 
 import torch
 from torch.nn.modules.module import register_module_parameter_registration_hook
@@ -24,7 +23,7 @@ from .unet import UNet, UNetConfig
 # kind -> network class; each has a `Config` dataclass type and takes it as its only argument.
 MODEL_KINDS: dict[str, type[torch.nn.Module]] = {"unet": UNet, "mlp": EpsMLP, "energy": EnergyMLP}
 MODEL_ENTRIES = ("kind", "config", "state_dict")
-NetConfig = Union[MLPConfig, UNetConfig]
+NetConfig = MLPConfig | UNetConfig
 
 
 def network_class(kind: str) -> type[torch.nn.Module]:

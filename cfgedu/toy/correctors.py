@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 
 from ..core.checks import check_finite, check_positive_int
-from .mixture import GaussianMixture
 from ..core.schedule import alpha_sigma
+from .mixture import GaussianMixture
 
 
 class TiltedDensity:

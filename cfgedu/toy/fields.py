@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -119,7 +119,7 @@ def field_report(eps_model: EpsModel, lam: float, c: int, w: float, grid: Grid2D
     return {"w": w, "lambda": lam, "class": c,
             "relative_curl": relative_curl(jacobian(field, grid.points())),
             "relative_curl_fd": relative_curl(jacobian_fd(values, grid)),
-            "circulation": circulation(field, 0.8), "circulations": dict(zip(map(str, radii), circulations)),
+            "circulation": circulation(field, 0.8), "circulations": dict(zip(map(str, radii), circulations, strict=True)),
             "rotational_energy_fraction": helmholtz_hodge(values, grid).rotational_energy_fraction}
 
 

@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 import torch
 
 from ..core.checks import check_finite, check_positive_int
-from .mixture import GaussianMixture
-from .grid import Grid2D, HistogramTV, mix, moments, tilted_densities, tv_between
 from ..core.guidance import EpsModel
 from ..core.tensors import make_generator
+from .grid import Grid2D, HistogramTV, moments, tilted_densities, tv_between
+from .mixture import GaussianMixture
 from .sampling import class_samples
 
 

@@ -4,8 +4,8 @@ The tilted target of Sec. 3.1: π_w(x|c) ∝ p(x|c)·p(c|x)^w ∝ p(x|c)^{1+w} p
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -26,7 +26,7 @@ class Grid2D:
             raise ValueError(f"half_width must be > 0, got {self.half_width}")
 
     @classmethod
-    def covering(cls, mixture: GaussianMixture, n: int = 384, stds: float = 5.0) -> "Grid2D":
+    def covering(cls, mixture: GaussianMixture, n: int = 384, stds: float = 5.0) -> Grid2D:
         """A grid over ±(max‖μ‖ + stds·τ), τ the largest component std (SPEC 4.2: Δ ≤ τ/8 at n ≈ 400)."""
         tau = mixture.eigenvalues.max().sqrt().item()
         return cls(half_width=mixture.means.norm(dim=1).max().item() + stds * tau, n=n)

@@ -16,6 +16,7 @@ from scipy import fft
 from ..core.guidance import EpsModel
 from .grid import Grid2D, grid_values, jacobian_fd
 
+
 def _faces(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Normal components on cell faces: f_x on x-faces (n, n+1) and f_y on y-faces (n+1, n), by averaging the
     two neighbouring centres inside and linear extrapolation on the boundary."""
@@ -120,15 +121,18 @@ class ConservativeProjection:
         self.eps_model, self.grid = eps_model, grid
         self.num_classes = num_classes if num_classes is not None else getattr(eps_model, "num_classes", None)
 
+    def _field(self, lam: float, c: int, dtype: torch.dtype):
+        """points (N, 2) -> eps_model(points, λ, c), at a fixed level and class."""
+        return lambda points: self.eps_model(points, torch.full((len(points),), lam, dtype=dtype),
+                                             torch.full((len(points),), c, dtype=torch.long))
+
     def __call__(self, z: torch.Tensor, lam: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         out = self.eps_model(z, lam, c).clone()
         keys, which = torch.unique(torch.stack([lam.to(torch.float64), c.to(torch.float64)], dim=1), dim=0,
                                    return_inverse=True)
         for k, (lam_k, c_k) in enumerate(keys.tolist()):
             chosen = which == k
-            field = lambda p: self.eps_model(p, torch.full((len(p),), lam_k, dtype=z.dtype),  # noqa: E731
-                                             torch.full((len(p),), int(c_k), dtype=torch.long))
-            split = helmholtz_hodge(grid_values(field, self.grid), self.grid)
+            split = helmholtz_hodge(grid_values(self._field(lam_k, int(c_k), z.dtype), self.grid), self.grid)
             values, inside = bilinear(self.grid, split.gradient, z[chosen])
             rows = chosen.nonzero()[:, 0][inside]
             out[rows] = values[inside].to(out.dtype)

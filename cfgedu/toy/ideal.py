@@ -20,10 +20,10 @@ import math
 import torch
 
 from ..core.checks import check_finite, check_labels
-from .mixture import GaussianMixture
-from .grid import Grid2D, mix, tilted_densities
 from ..core.parameterization import x_to_eps
 from ..core.schedule import LogSNRSchedule, alpha_sigma
+from .grid import Grid2D, mix, tilted_densities
+from .mixture import GaussianMixture
 
 
 class IdealTiltedModel:

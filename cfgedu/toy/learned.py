@@ -34,7 +34,7 @@ def eps_relative_errors(eps_model: EpsModel, mixture: GaussianMixture, points: i
 
 def _relative_error(eps_model, mixture, z, lam, labels, chunk) -> float:
     squared_error, squared_target = 0.0, 0.0
-    for part in zip(z.split(chunk), lam.split(chunk), labels.split(chunk)):
+    for part in zip(z.split(chunk), lam.split(chunk), labels.split(chunk), strict=True):
         exact = mixture.eps(*part)  # float64 (b, 2)
         with torch.no_grad():
             learned = eps_model(part[0].float(), part[1].float(), part[2]).double()

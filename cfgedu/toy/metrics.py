@@ -9,13 +9,13 @@ All inputs are (N, D) tensors; everything is computed in float64.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
 from ..core.checks import check_positive_int
-from .mixture import GaussianMixture
 from .grid import HistogramTV
+from .mixture import GaussianMixture
 
 
 def _points(name: str, x: torch.Tensor, min_rows: int = 2) -> torch.Tensor:
@@ -83,7 +83,7 @@ def frechet_pooled(mixture: GaussianMixture, samples: torch.Tensor, labels: torc
     fits = [gaussian_fit(samples[labels == c]) for c in range(mixture.num_classes)]
     means = torch.stack([m for m, _ in fits])  # (K, D)
     mean = mixture.weights @ means
-    second = sum(p * (cov + torch.outer(m, m)) for p, (m, cov) in zip(mixture.weights, fits))
+    second = sum(p * (cov + torch.outer(m, m)) for p, (m, cov) in zip(mixture.weights, fits, strict=True))
     return frechet_gaussians(mean, second - torch.outer(mean, mean), *mixture_moments(mixture))
 
 

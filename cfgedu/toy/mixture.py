@@ -42,7 +42,7 @@ class GaussianMixture:
             raise ValueError("covariances must be positive definite")
 
     @classmethod
-    def three_gaussians(cls, radius: float = 1.0, std: float = 0.6) -> "GaussianMixture":
+    def three_gaussians(cls, radius: float = 1.0, std: float = 0.6) -> GaussianMixture:
         """cfgedu's Figure 2 toy (our choice; the paper gives no parameters): equal weights, isotropic std,
         means on a triangle of circumradius `radius` at 90°, 210° and 330° (class 0 at the top)."""
         angles = torch.tensor([90.0, 210.0, 330.0], dtype=torch.float64) * math.pi / 180

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -24,8 +24,17 @@ from ..core.tensors import make_generator
 from .correctors import LangevinCorrector
 from .grid import Grid2D, HistogramTV, sample_from_grid, tilted_densities
 from .ideal import IdealTiltedModel
-from .metrics import (bayes_inception_score, fit_logistic_classifier, frechet_per_class, frechet_pooled, kl_to_grid,
-                      knn_entropy, logistic_inception_score, mmd2_rbf, precision_recall)
+from .metrics import (
+    bayes_inception_score,
+    fit_logistic_classifier,
+    frechet_per_class,
+    frechet_pooled,
+    kl_to_grid,
+    knn_entropy,
+    logistic_inception_score,
+    mmd2_rbf,
+    precision_recall,
+)
 from .mixture import GaussianMixture
 from .sampling import class_samples
 

@@ -12,8 +12,19 @@ Conventions the browser test relies on: the w slider carries the CSS class `cfge
 Every slider panel registers a small factory in `BENCHMARKS` so `python -m cfgedu bench-widgets` times it.
 tests/test_browser.py drives every notebook whose source calls a `...Slider(`, `..._slider(` or `...Widget(`.
 """
-from .base import (BENCHMARKS, FigureView, GuidanceReadout, SliderPanel, guidance_label, lam_slider, level_label,
-                   single_threaded, slider_values, time_sliders, w_slider)
+from .base import (
+                   BENCHMARKS,
+                   FigureView,
+                   GuidanceReadout,
+                   SliderPanel,
+                   guidance_label,
+                   lam_slider,
+                   level_label,
+                   single_threaded,
+                   slider_values,
+                   time_sliders,
+                   w_slider,
+)
 from .images import LossCurve, SampleGridSlider, SampleGridWidget
 from .toy import CFGFieldWidget, Figure2Widget, ForwardProcessWidget, GuidanceIntervalWidget, ScoreFieldWidget
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import io
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
-from typing import Callable
 
 import ipywidgets
 import torch
@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 
 from ...core.guidance import scale_from_w
 from ...core.schedule import alpha_sigma
+
 
 def guidance_label(w: float) -> str:
     """The readout of a w slider: 'w = 0.3 (s = 1 + w = 1.3)'."""

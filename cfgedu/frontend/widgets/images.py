@@ -7,6 +7,7 @@ from ...core.tensors import make_generator
 from ...images.sampling import image_grid, sample_images
 from .base import BENCHMARKS, FigureView, GuidanceReadout, SliderPanel, guidance_label, w_slider
 
+
 class SampleGridWidget(SliderPanel):
     """Algorithm 2 samples of an image eps_model with CFG strength w, one row per class and the same noise
     for every w, so that moving the slider shows what guidance alone changes."""
@@ -27,6 +28,7 @@ class SampleGridWidget(SliderPanel):
 
     def samples(self, w: float):
         """The grid of samples at guidance strength w, (rows·H, cols·W[, 3]) in [0, 1]."""
+        return image_grid(sample_images(self.model, self.labels, w, clip_x=1.0, **self.settings), self.rows)
 
     def update(self) -> None:
         w = self.sliders["w"].value

@@ -9,14 +9,31 @@ from ...core.guidance import interval_weight
 from ...core.schedule import q_sample
 from ...core.tensors import make_generator
 from ...nets.mlp import EpsMLP, MLPConfig
-from ...toy.fields import as_float64, cfg_field, curl_from_jacobian, implicit_classifier_gradient, jacobian, relative_curl
+from ...toy.fields import (
+    as_float64,
+    cfg_field,
+    curl_from_jacobian,
+    implicit_classifier_gradient,
+    jacobian,
+    relative_curl,
+)
 from ...toy.grid import Grid2D, HistogramTV, mix, normalize, tilted_densities
 from ...toy.metrics import bayes_inception_score, frechet_pooled
 from ...toy.mixture import GaussianMixture
 from ...toy.sampling import class_samples
 from ..plotting import density_image, histogram_density
-from .base import (BENCHMARKS, FigureView, GuidanceReadout, SliderPanel, _full, guidance_label, lam_slider, level_label,
-                   w_slider)
+from .base import (
+    BENCHMARKS,
+    FigureView,
+    GuidanceReadout,
+    SliderPanel,
+    _full,
+    guidance_label,
+    lam_slider,
+    level_label,
+    w_slider,
+)
+
 
 class ForwardProcessWidget(SliderPanel):
     """The forward process z_λ = α x + σ ε on the toy: fixed draws (x, ε) moved by λ, and the exact p_λ(z)."""
@@ -69,7 +86,7 @@ class ScoreFieldWidget(SliderPanel):
         super().__init__({"λ": lam_slider(lam), "c": classes}, FigureView(3), self.readout)
         tail = self.arrow_grid.points().numpy()
         self.images, self.quivers = [], []
-        for ax, title in zip(self.view.axes, self.TITLES):
+        for ax, title in zip(self.view.axes, self.TITLES, strict=True):
             self.images.append(density_image(ax, self.grid, torch.zeros(self.grid.n, self.grid.n), title=title,
                                               cmap="Greys"))
             self.quivers.append(ax.quiver(tail[:, 0], tail[:, 1], 0 * tail[:, 0], 0 * tail[:, 1], color="tab:red",
@@ -98,7 +115,7 @@ class ScoreFieldWidget(SliderPanel):
         backgrounds = self.backgrounds()
         vmax = [backgrounds[0].max().item(), backgrounds[1].max().item(), 1.0]  # p(c|z) on a fixed [0, 1] scale
         for image, quiver, background, top, field in zip(self.images, self.quivers, backgrounds, vmax,
-                                                         self.fields(self.arrow_grid.points())):
+                                                         self.fields(self.arrow_grid.points()), strict=True):
             image.set_data(background.numpy())
             image.set_clim(0, top)
             field = field * longest / field.norm(dim=1).max().clamp_min(1e-12)
@@ -246,7 +263,7 @@ class GuidanceIntervalWidget(SliderPanel):
         shown = histogram_density(self.grid, samples, self.histogram.bins, self.mixture.weights)
         self.sample_image.set_data(shown.numpy())
         self.sample_image.set_clim(0, shown.max().item())
-        tv = sum(self.histogram(s, d) for s, d in zip(samples, targets)) / len(targets)
+        tv = sum(self.histogram(s, d) for s, d in zip(samples, targets, strict=True)) / len(targets)
         pooled = samples.reshape(-1, 2)
         self.sample_image.axes.set_title(
             f"CFG on λ∈[{low:g}, {high:g}]: TV {tv:.2f}, IS {bayes_inception_score(self.mixture, pooled):.2f}, "
