@@ -53,7 +53,8 @@ mixture.to_dict()
 # %% [markdown]
 # ## 1. The forward process
 #
-# Noising a data point $x$ to log-SNR $\lambda$ gives $q(z_\lambda|x) = \mathcal N(\alpha_\lambda x, \sigma_\lambda^2 I)$
+# Noising a data point $x$ to log-SNR $\lambda$ gives
+# $q(z_\lambda|x) = \mathcal N(\alpha_\lambda x, \sigma_\lambda^2 I)$
 # with $\alpha_\lambda^2 = \mathrm{sigmoid}(\lambda)$ and $\sigma_\lambda^2 = \mathrm{sigmoid}(-\lambda)$ (Eq. 1).
 # For a Gaussian mixture the noised density stays a mixture, with each component squeezed towards 0 and widened:
 #
@@ -109,7 +110,8 @@ for c in range(mixture.num_classes + 1):  # the last label is the null label ∅
                                    rtol=1e-7, atol=1e-9)
 
 # %% [markdown]
-# Classifier-free guidance (Eq. 6) mixes the two predictions, $\tilde\varepsilon = (1+w)\varepsilon(z,c) - w\varepsilon(z)$.
+# Classifier-free guidance (Eq. 6) mixes the two predictions,
+# $\tilde\varepsilon = (1+w)\varepsilon(z,c) - w\varepsilon(z)$.
 # At $w = 0$ it must be the conditional model and at $w = -1$ the unconditional one. The check runs the
 # guided wrapper's doubled batch (a guidance weight given as a function of $\lambda$ skips the $w = 0$ shortcut).
 

@@ -68,7 +68,8 @@ def train_toy(p_uncond: float, on_log=None):
 # row for $\varnothing$. It is *preconditioned*: $\varepsilon_\theta = \sigma(\kappa z + \alpha F_\theta)$ with
 # $\kappa = 1/(\alpha^2 s^2 + \sigma^2)$ ($s$ = 1, the data scale, so $\kappa = 1$ here; see `cfgedu/nets/mlp.py`):
 # its trunk $F_\theta$ has an $O(1)$ target at every noise level, and the class only acts through $\alpha F_\theta$,
-# which vanishes at pure noise exactly as the class dependence of $\varepsilon^*$ does. The loss never reaches 0: at high $\lambda$ the noise $\varepsilon$ is
+# which vanishes at pure noise exactly as the class dependence of $\varepsilon^*$ does.
+# The loss never reaches 0: at high $\lambda$ the noise $\varepsilon$ is
 # unpredictable from $z$, so what is learned is its conditional mean $\varepsilon^*$.
 
 # %%

@@ -154,7 +154,8 @@ ax.legend()
 # %% [markdown]
 # ## 4. Helmholtz–Hodge: how much of the field is rotational?
 #
-# Any field on the square splits as $f = \nabla\varphi + \nabla^\perp\psi + h$: solve $\Delta\varphi = \operatorname{div} f$
+# Any field on the square splits as $f = \nabla\varphi + \nabla^\perp\psi + h$:
+# solve $\Delta\varphi = \operatorname{div} f$
 # (Neumann, by DCT) and $\Delta\psi = \operatorname{curl} f$ (Dirichlet, by DST). The **rotational energy fraction**
 # $\|f - \nabla\varphi\|^2/\|f\|^2$ says how much of the learned CFG field no potential can explain.
 

@@ -56,11 +56,13 @@ if FAST:
 # %% [markdown]
 # ## 1. The sweep
 # For each $w$ we draw samples per class and measure them with `cfgedu.toy.metrics`:
-# - **FD**, the Fréchet distance between Gaussian fits, $\|m_1-m_2\|^2 + \mathrm{tr}(C_1 + C_2 - 2(C_1^{1/2}C_2C_1^{1/2})^{1/2})$,
+# - **FD**, the Fréchet distance between Gaussian fits,
+#   $\|m_1-m_2\|^2 + \mathrm{tr}(C_1 + C_2 - 2(C_1^{1/2}C_2C_1^{1/2})^{1/2})$,
 #   of all samples against the data $p(x)$: the FID axis;
 # - **IS** $= \exp \mathbb{E}_x \mathrm{KL}(p(c|x)\,\|\,\hat p(c))$ with the exact Bayes posterior $p(c|x)$ (and with a
 #   logistic regression fitted on data, which is well specified here): the IS axis, at most $K = 3$;
-# - the **TV distance to $\pi_w$** on a 32×32 histogram, beside the TV that exact draws from $\pi_w$ get (the noise floor).
+# - the **TV distance to $\pi_w$** on a 32×32 histogram,
+#   beside the TV that exact draws from $\pi_w$ get (the noise floor).
 #
 # Learned models are the toy preset's ε-MLPs, trained with Algorithm 1 for each `p_uncond` (cached in `OUT`).
 

@@ -15,8 +15,8 @@
 # # 05 · The same code on real images: digits on a CPU
 #
 # **What you learn.** The ImageNet recipe of Ho & Salimans (2022) at toy scale: the ADM U-Net
-# $\varepsilon_\theta(z_\lambda, \lambda, c)$ trained with Algorithm 1 (label dropout to the null class $\varnothing$) on
-# scikit-learn's 1,797 bundled digits upsampled to 16×16, sampled with Algorithm 2 and one doubled (cond + null)
+# $\varepsilon_\theta(z_\lambda, \lambda, c)$ trained with Algorithm 1 (label dropout to the null class $\varnothing$)
+# on scikit-learn's 1,797 bundled digits upsampled to 16×16, sampled with Algorithm 2 and one doubled (cond + null)
 # batch per step, and measured with the paper's protocol: FID on the features of a classifier and IS on its
 # softmax, against the guidance strength $w$. The paper's Table 1 shows FID rising and IS rising with $w$; here a
 # small CNN plays Inception's role.

@@ -109,7 +109,8 @@ print(shlex.join(launch.launch_command("data/imagenet64", "runs/in64", nproc_per
 
 # %%
 gpus = torch.cuda.device_count()
-command = launch.launch_command(DATA, RUN, nproc_per_node=max(gpus, 1), preset="imagenet64-tiny" if FAST else "imagenet64",
+command = launch.launch_command(DATA, RUN, nproc_per_node=max(gpus, 1),
+                                preset="imagenet64-tiny" if FAST else "imagenet64",
                                 launcher=(sys.executable, "-m", "torch.distributed.run"))
 print(shlex.join(command))
 RUN.mkdir(parents=True, exist_ok=True)

@@ -90,7 +90,8 @@ def lab(tmp_path_factory):
     if reason:
         pytest.skip(reason)
     home = tmp_path_factory.mktemp("lab")
-    shutil.copytree(ROOT / "notebooks", home / "root" / "notebooks", ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    shutil.copytree(ROOT / "notebooks", home / "root" / "notebooks",
+                    ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
     if (ROOT / "data").is_dir():
         (home / "root" / "data").symlink_to(ROOT / "data")
     port, token = free_port(), secrets.token_hex(16)

@@ -106,7 +106,8 @@ def test_a_good_file_still_loads_exactly(tmp_path):
     model = tiny()
     loaded = load_checkpoint_model(write_model_file(tmp_path / "model.pt", model, "mlp"))
     assert loaded.config == SMALL and not loaded.training
-    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values(), strict=True))
+    assert all(torch.equal(a, b)
+               for a, b in zip(loaded.state_dict().values(), model.state_dict().values(), strict=True))
 
 
 @dataclass(frozen=True)
@@ -117,8 +118,8 @@ class Needs:
 
 def test_saved_configs_are_typed_like_their_dataclass(tmp_path):
     path = tmp_path / "x.pt"
-    assert "the saved config has no 'size' key, which a Needs needs" in refusal(lambda: config_from_dict(Needs, {}, path),
-                                                                                path)
+    assert ("the saved config has no 'size' key, which a Needs needs"
+            in refusal(lambda: config_from_dict(Needs, {}, path), path))
     assert config_from_dict(Needs, {"size": 2, "scale": 3}, path) == Needs(2, 3.0)  # an int will do for a float
     assert config_from_dict(UNetConfig, {"channel_mult": [1, 2]}, path).channel_mult == (1, 2)  # JSON gives lists
     assert "config key 'channel_mult' must be tuple[int, ...], got [1, '2']" in refusal(

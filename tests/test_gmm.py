@@ -46,7 +46,8 @@ def test_eps_is_minus_sigma_times_autograd_score(anisotropic, generator, lam, c)
 
 def test_posterior_is_bayes_rule(anisotropic, generator):
     z, lam = points(generator), torch.full((64,), 0.5, dtype=torch.float64)
-    joint = torch.stack([anisotropic.log_prob(z, lam, torch.full((64,), c)) for c in range(3)], 1) + anisotropic.weights.log()
+    joint = (torch.stack([anisotropic.log_prob(z, lam, torch.full((64,), c)) for c in range(3)], 1)
+             + anisotropic.weights.log())
     assert torch.allclose(anisotropic.posterior(z, lam), torch.softmax(joint, 1))
     assert torch.allclose(anisotropic.posterior(z, lam).sum(1), torch.ones(64, dtype=torch.float64))
 
@@ -72,7 +73,8 @@ def test_classifier_guidance_with_exact_classifier_equals_exact_cfg(anisotropic,
     z, lam = points(generator), torch.full((64,), 1.0, dtype=torch.float64)
     labels = torch.randint(0, 3, (64,), generator=generator)
     _, sigma = alpha_sigma(lam)
-    classifier_guided = anisotropic(z, lam, labels) - w * sigma[:, None] * anisotropic.implicit_classifier_gradient(z, lam, labels)
+    classifier_guided = (anisotropic(z, lam, labels)
+                         - w * sigma[:, None] * anisotropic.implicit_classifier_gradient(z, lam, labels))
     assert torch.allclose(guided(anisotropic, w)(z, lam, labels), classifier_guided, atol=1e-12)
 
 

@@ -6,7 +6,7 @@ from cfgedu.core.guidance import guided
 from cfgedu.core.samplers import sample
 from cfgedu.core.schedule import LogSNRSchedule, alpha_sigma, q_sample
 from cfgedu.core.tensors import make_generator
-from cfgedu.toy.correctors import LangevinCorrector, TiltedDensity
+from cfgedu.toy.correctors import CFGDensity, LangevinCorrector
 from cfgedu.toy.grid import Grid2D, HistogramTV, tilted_densities
 from cfgedu.toy.ideal import IdealTiltedModel
 
@@ -57,7 +57,7 @@ def test_ideal_reaches_the_tilted_target_where_cfg_does_not(toy):
 
 def test_tilted_density_gradient_is_the_cfg_field(toy, generator):
     """∇ log ρ_λ by autograd equals −ε̃*/σ, the exact CFG field (SPEC 4.4)."""
-    density = TiltedDensity(toy, 1.5)
+    density = CFGDensity(toy, 1.5)
     z = torch.randn(8, 2, generator=generator, dtype=torch.float64).requires_grad_(True)
     lam, c = torch.full((8,), 0.7, dtype=torch.float64), torch.tensor([0, 1, 2, 3] * 2)
     (autograd,) = torch.autograd.grad(density.log_density(z, lam, c).sum(), z)
@@ -77,8 +77,8 @@ def test_mala_leaves_its_target_invariant(toy, generator):
     assert (moved - z).abs().mean() > 0.1 and 0.3 < corrector.acceptance_rate < 1.0
     assert torch.allclose(moved.mean(0), alpha * toy.means[2], atol=0.02)
     assert moved.var(0).tolist() == pytest.approx([(alpha**2 * 0.36 + sigma**2).item()] * 2, abs=0.02)
-    unadjusted = LangevinCorrector(toy, 0.0, steps=10, step_scale=1.0, metropolis=False)(z, lam, torch.full((10_000,), 2),
-                                                                                          generator)
+    unadjusted = LangevinCorrector(toy, 0.0, steps=10, step_scale=1.0,
+                                   metropolis=False)(z, lam, torch.full((10_000,), 2), generator)
     assert unadjusted.var(0).min() > moved.var(0).max() + 0.05  # plain Langevin overshoots at this step size
 
 

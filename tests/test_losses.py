@@ -32,7 +32,8 @@ def test_loss_sees_dropped_labels_and_lambda_from_p(toy, generator):
         return torch.zeros_like(z)
 
     x = torch.zeros(50_000, 2)
-    loss = diffusion_loss(model, x, torch.zeros(50_000, dtype=torch.long), p_uncond=0.5, num_classes=3, generator=generator)
+    loss = diffusion_loss(model, x, torch.zeros(50_000, dtype=torch.long), p_uncond=0.5, num_classes=3,
+                          generator=generator)
     assert loss.item() == pytest.approx(1.0, abs=0.02)  # E‖ε‖²/D with a zero model
     assert abs((seen["c"] == 3).float().mean().item() - 0.5) < 0.01
     assert seen["lam"].min() >= -20 and seen["lam"].max() <= 20 and abs(seen["lam"].median().item()) < 0.05

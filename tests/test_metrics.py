@@ -48,7 +48,8 @@ def test_frechet_general_matches_scipy_sqrtm():
     a, b = torch.tensor([[0.5, 0.2], [0.2, 0.4]]), torch.tensor([[1.0, -0.6], [-0.6, 0.9]])
     m1, m2 = torch.tensor([0.1, 0.2]), torch.tensor([-0.3, 0.5])
     root = sqrtm(a.numpy())
-    expected = (m1 - m2).square().sum().item() + torch.trace(a + b).item() - 2 * sqrtm(root @ b.numpy() @ root).trace().real
+    expected = ((m1 - m2).square().sum().item() + torch.trace(a + b).item()
+                - 2 * sqrtm(root @ b.numpy() @ root).trace().real)
     assert frechet_gaussians(m1, a, m2, b) == pytest.approx(expected, rel=1e-9)
 
 

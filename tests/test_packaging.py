@@ -31,7 +31,8 @@ def environment_names():
 
 
 def test_environment_yml_matches_pyproject():
-    missing_in_env, missing_in_pyproject = pyproject_names() - environment_names(), environment_names() - pyproject_names()
+    missing_in_env, missing_in_pyproject = (pyproject_names() - environment_names(),
+                                            environment_names() - pyproject_names())
     assert not missing_in_env and not missing_in_pyproject, (
         f"environment.yml lacks {sorted(missing_in_env)}; pyproject.toml lacks {sorted(missing_in_pyproject)}")
 
@@ -47,10 +48,12 @@ def test_notebook_pair_agrees(script):
     notebook = jupytext.read(ipynb)
     assert cells(jupytext.read(script)) == cells(notebook), f"run jupytext --sync {script}"
     assert notebook.metadata["kernelspec"]["name"] == "python3"
-    assert all(not c.get("outputs") for c in notebook.cells if c.cell_type == "code"), "commit notebooks without outputs"
+    assert all(not c.get("outputs") for c in notebook.cells
+               if c.cell_type == "code"), "commit notebooks without outputs"
 
 
 def test_importing_cfgedu_pulls_in_torch_and_numpy_only():
     result = subprocess.run([sys.executable, "-c", "import sys, cfgedu; print([m for m in ('matplotlib', 'sklearn', "
-                             "'ipywidgets', 'scipy', 'jupytext') if m in sys.modules])"], capture_output=True, text=True)
+                             "'ipywidgets', 'scipy', 'jupytext') if m in sys.modules])"],
+                            capture_output=True, text=True)
     assert result.stdout.strip() == "[]", result.stderr

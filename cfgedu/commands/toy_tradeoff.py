@@ -45,7 +45,8 @@ def learned_models(folder: Path, config, progress: bool = True) -> dict:
     from ..engine.presets import toy_experiment
 
     runs = {p: toy_experiment("mlp", config.train_steps, p_uncond=p, seed=config.seed) for p in config.p_unconds}
-    return {p: train_experiment(experiment, folder / run_name(p, config), preset_name="toy", progress=progress).ema.eval()
+    return {p: train_experiment(experiment, folder / run_name(p, config), preset_name="toy",
+                                progress=progress).ema.eval()
             for p, experiment in runs.items()}
 
 

@@ -5,6 +5,7 @@ comes from the `generator` argument. A guided model is just another eps_model (s
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -21,11 +22,11 @@ Corrector = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Generator]
 
 
 def ancestral_step(z: torch.Tensor, x_hat: torch.Tensor, lam: torch.Tensor, lam_next: torch.Tensor,
-                   v: float, generator: torch.Generator) -> torch.Tensor:
-    """z' ~ N(μ̃_{λ'|λ}(z, x̂), (σ̃²_{λ'|λ})^{1−v} (σ²_{λ|λ'})^v) (Eq. 4)."""
+                   v: float, generator: torch.Generator, noise_scale: float = 1.0) -> torch.Tensor:
+    """z' ~ N(μ̃_{λ'|λ}(z, x̂), (σ̃²_{λ'|λ})^{1−v} (σ²_{λ|λ'})^v) (Eq. 4), the noise's std times noise_scale."""
     mean, posterior_var = posterior(z, x_hat, lam, lam_next)
     _, forward_var = transition(lam, lam_next)
-    std = (posterior_var ** (1 - v) * forward_var ** v).sqrt()
+    std = noise_scale * (posterior_var ** (1 - v) * forward_var ** v).sqrt()
     noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
     return mean + expand_like(std, z) * noise
 
@@ -48,7 +49,7 @@ def sample(eps_model: EpsModel, data_shape: tuple[int, ...], c: torch.Tensor, *,
            schedule: LogSNRSchedule = LogSNRSchedule(), steps: int = 256, v: float = 0.3,
            method: str = "ancestral", dtype: torch.dtype = torch.float32, clip_x: float | None = None,
            num_classes: int | None = None, trajectory: bool = False, progress: bool = False,
-           corrector: Corrector | None = None):
+           corrector: Corrector | None = None, noise_scale: float = 1.0):
     """Draw len(c) samples with Algorithm 2 (or DDIM) and return x̂ at λ_max, shape (B, *data_shape).
 
     With trajectory=True also returns the list of z_t, one (B, *data_shape) tensor per grid point.
@@ -58,6 +59,7 @@ def sample(eps_model: EpsModel, data_shape: tuple[int, ...], c: torch.Tensor, *,
     """
     steps = check_positive_int("steps", steps)
     v = check_in_range("v", v, 0.0, 1.0)
+    noise_scale = check_in_range("noise_scale", noise_scale, 0.0, math.inf)
     check_choice("method", method, METHODS)
     num_classes = num_classes if num_classes is not None else getattr(eps_model, "num_classes", None)
     if num_classes is not None:
@@ -73,7 +75,7 @@ def sample(eps_model: EpsModel, data_shape: tuple[int, ...], c: torch.Tensor, *,
         if t == steps - 1:
             z = x_hat
         elif method == "ancestral":
-            z = ancestral_step(z, x_hat, lam, grid[t + 1].expand(len(c)), v, generator)
+            z = ancestral_step(z, x_hat, lam, grid[t + 1].expand(len(c)), v, generator, noise_scale)
         else:
             z = ddim_step(z, x_hat, lam, grid[t + 1].expand(len(c)))
         if corrector is not None:

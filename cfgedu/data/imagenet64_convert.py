@@ -323,7 +323,8 @@ def synthetic_images(labels: np.ndarray, classes_shown: int, generator: np.rando
     colour = 0.5 + 0.5 * np.cos(2 * np.pi * (hue[:, None] - np.array([0, 1, 2]) / 3))  # (N, 3) on a colour wheel
     radius = 0.3 + 0.5 * hue  # (N,)
     disc = (xx ** 2 + yy ** 2)[None] < radius[:, None, None] ** 2  # (N, 64, 64)
-    pixels = 0.15 + 0.8 * disc[:, None] * colour[:, :, None, None] + 0.05 * generator.standard_normal((len(labels), 3, 64, 64))
+    pixels = (0.15 + 0.8 * disc[:, None] * colour[:, :, None, None]
+              + 0.05 * generator.standard_normal((len(labels), 3, 64, 64)))
     return (pixels.clip(0, 1) * 255).round().astype(np.uint8)
 
 

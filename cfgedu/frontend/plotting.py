@@ -44,7 +44,8 @@ def density_image(ax, grid: Grid2D, density: torch.Tensor, title: str | None = N
     return image
 
 
-def histogram_density(grid: Grid2D, samples: torch.Tensor, bins: int, weights: torch.Tensor | None = None) -> torch.Tensor:
+def histogram_density(grid: Grid2D, samples: torch.Tensor, bins: int,
+                      weights: torch.Tensor | None = None) -> torch.Tensor:
     """A (bins, bins) [y, x] histogram density of 2D samples over the grid's extent.
 
     samples: (N, 2), or (K, N, 2) with `weights` (K,) mixing the per-class histograms.
@@ -69,8 +70,8 @@ def plot_figure2(result: Figure2, display_bins: int = 128):
     """Row 1: the unguided marginal and the mixtures of normalised guided conditionals (the paper's figure).
     Further rows: histograms of CFG samples from each sampler, annotated with the mean TV to the target."""
     names = list(result.panels[0].samples)
-    fig, axes = plt.subplots(1 + len(names), len(result.panels), figsize=(3.2 * len(result.panels), 3.2 * (1 + len(names))),
-                             squeeze=False)
+    fig, axes = plt.subplots(1 + len(names), len(result.panels),
+                             figsize=(3.2 * len(result.panels), 3.2 * (1 + len(names))), squeeze=False)
     for j, panel in enumerate(result.panels):
         target = mix(result.mixture, panel.densities)
         title = "unguided marginal" if j == 0 else f"w = {panel.w:g} (s = {1 + panel.w:g})"

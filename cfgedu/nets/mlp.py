@@ -90,7 +90,8 @@ class _ToyMLP(nn.Module):
     def _check(self, z: torch.Tensor, lam: torch.Tensor, c: torch.Tensor) -> None:
         check_batch(z, lam)
         if z.ndim != 2 or z.shape[1] != self.config.data_dim:
-            raise ValueError(f"{type(self).__name__} takes z of shape (B, {self.config.data_dim}), got {tuple(z.shape)}")
+            raise ValueError(f"{type(self).__name__} takes z of shape (B, {self.config.data_dim}), "
+                             f"got {tuple(z.shape)}")
         check_labels(c, self.num_classes, batch=z.shape[0])
 
     def _trunk(self, z: torch.Tensor, lam: torch.Tensor, c: torch.Tensor) -> torch.Tensor:

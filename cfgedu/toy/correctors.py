@@ -14,7 +14,7 @@ from ..core.schedule import alpha_sigma
 from .mixture import GaussianMixture
 
 
-class TiltedDensity:
+class CFGDensity:
     """log ρ_λ(z|c) = (1 + w) log p_λ(z|c) − w log p_λ(z) (unnormalised) and its gradient −ε̃*/σ.
 
     The null label c = K gives the marginal log p_λ(z).
@@ -26,7 +26,7 @@ class TiltedDensity:
 
     def log_density(self, z: torch.Tensor, lam: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """(B,) float64."""
-        return (1 + self.w) * self.mixture.log_prob(z, lam, c) - self.w * self.mixture.log_prob(z, lam)
+        return self.mixture.cfg_log_prob(z, lam, c, self.w)
 
     def grad(self, z: torch.Tensor, lam: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """∇_z log ρ_λ = (1 + w) ∇log p_λ(z|c) − w ∇log p_λ(z), (B, D) float64."""
@@ -41,7 +41,7 @@ class LangevinCorrector:
 
     def __init__(self, mixture: GaussianMixture, w: float, steps: int, step_scale: float = 0.01,
                  metropolis: bool = True):
-        self.target = TiltedDensity(mixture, w)
+        self.target = CFGDensity(mixture, w)
         self.steps = check_positive_int("steps", steps)
         if not check_finite("step_scale", step_scale) > 0:
             raise ValueError(f"step_scale must be > 0, got {step_scale}")

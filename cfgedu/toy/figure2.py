@@ -48,7 +48,8 @@ class Figure2:
         return {"mixture": self.mixture.to_dict(),
                 "grid": {**self.grid.to_dict(), "tv_bins": self.histogram.bins},
                 "seconds": self.seconds,
-                "panels": [{"w": panel.w, "classes": [self.class_summary(i, c) for c in range(self.mixture.num_classes)]}
+                "panels": [{"w": panel.w,
+                            "classes": [self.class_summary(i, c) for c in range(self.mixture.num_classes)]}
                            for i, panel in enumerate(self.panels)]}
 
 

@@ -100,6 +100,12 @@ class GaussianMixture:
         conditional = (log_joint - self.weights.log()).gather(1, c.clamp(max=self.num_classes - 1)[:, None])[:, 0]
         return torch.where(c == self.num_classes, marginal, conditional)
 
+    def cfg_log_prob(self, z: torch.Tensor, lam: torch.Tensor | None, c: torch.Tensor, w: float) -> torch.Tensor:
+        """Unnormalised log ρ_λ(z|c) = (1 + w) log p_λ(z|c) − w log p_λ(z), whose gradient is the exact CFG score at
+        level λ, shape (B,). At the data level (lam None) ρ is the tilted target π_w(x|c) ∝ p(x|c) p(c|x)^w; at a
+        level λ it is NOT π_w noised to λ (cfgedu.toy.ideal.IdealTiltedModel has that one)."""
+        return (1 + w) * self.log_prob(z, lam, c) - w * self.log_prob(z, lam)
+
     def posterior(self, z: torch.Tensor, lam: torch.Tensor | None = None) -> torch.Tensor:
         """p_λ(c|z) = softmax_c[log π_c + log p_λ(z|c)], shape (B, K)."""
         return torch.softmax(self.log_prob_components(z, lam) + self.weights.log(), dim=1)

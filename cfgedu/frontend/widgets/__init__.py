@@ -28,7 +28,7 @@ from .base import (
 from .images import LossCurve, SampleGridSlider, SampleGridWidget
 from .toy import CFGFieldWidget, Figure2Widget, ForwardProcessWidget, GuidanceIntervalWidget, ScoreFieldWidget
 
-__all__ = ["BENCHMARKS", "CFGFieldWidget", "Figure2Widget", "FigureView", "ForwardProcessWidget", "GuidanceIntervalWidget",
-           "GuidanceReadout", "LossCurve", "SampleGridSlider", "SampleGridWidget", "ScoreFieldWidget", "SliderPanel",
-           "guidance_label", "lam_slider", "level_label", "single_threaded", "slider_values", "time_sliders",
-           "w_slider"]
+__all__ = ["BENCHMARKS", "CFGFieldWidget", "Figure2Widget", "FigureView", "ForwardProcessWidget",
+           "GuidanceIntervalWidget", "GuidanceReadout", "LossCurve", "SampleGridSlider", "SampleGridWidget",
+           "ScoreFieldWidget", "SliderPanel", "guidance_label", "lam_slider", "level_label", "single_threaded",
+           "slider_values", "time_sliders", "w_slider"]

@@ -2,6 +2,7 @@
 the λ slider, and the registry that `python -m cfgedu bench-widgets` times."""
 from __future__ import annotations
 
+import base64
 import io
 import time
 from collections.abc import Callable
@@ -104,7 +105,10 @@ class SliderPanel:
         raise NotImplementedError
 
     def _repr_mimebundle_(self, **kwargs):
-        return self.widget._repr_mimebundle_(**kwargs)
+        """The live widget, and its current figure as a PNG for viewers without a kernel (a code host's notebook
+        view); JupyterLab renders the widget."""
+        png = base64.b64encode(bytes(self.view.image.value)).decode()
+        return {**self.widget._repr_mimebundle_(**kwargs), "image/png": png}
 
 
 def lam_slider(value: float = 0.0, low: float = -10.0, high: float = 10.0, step: float = 0.25):

@@ -124,21 +124,29 @@ class ScoreFieldWidget(SliderPanel):
 
 
 class Figure2Widget(SliderPanel):
-    """Figure 2 with a w slider: the unguided marginal beside Σ_c π_c π_w(x|c), π_w(x|c) ∝ p(x|c) p(c|x)^w.
+    """Figure 2 with a w slider: the unguided marginal, the target Σ_c π_c π_w(x|c) with π_w(x|c) ∝ p(x|c) p(c|x)^w,
+    and what exact-score CFG (Algorithm 2) samples at the precomputed w nearest the slider, with its TV to the target
+    and the TV of exact draws from the target (the noise floor).
 
-    The classifier log p(c|x) and log p(x|c) are computed once on the grid, so a new w costs one exp per class.
+    log p(x|c) and log p(c|x) are computed once on the grid, so a new w costs one exp per class; the samples are drawn
+    once per `sample_ws` when the panel is built.
     """
 
-    def __init__(self, mixture: GaussianMixture, grid: Grid2D | None = None, w: float = 4.0, high: float = 16.0):
-        self.mixture, self.grid = mixture, grid or Grid2D.covering(mixture, n=192)
+    def __init__(self, mixture: GaussianMixture, grid: Grid2D | None = None, w: float = 4.0, high: float = 16.0,
+                 sample_ws: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0), per_class: int = 1000,
+                 steps: int = 32, bins: int = 32, seed: int = 0):
+        self.mixture, self.grid = mixture, grid or Grid2D.covering(mixture, n=6 * bins)
         points = self.grid.points()
         self.log_conditional = mixture.log_prob_components(points).T  # (K, n*n): log p(x|c)
         self.log_classifier = mixture.posterior(points).log().T  # (K, n*n): log p(c|x)
+        self.histogram, self.bins = HistogramTV(self.grid, bins), 2 * bins
+        self.drawn = {w_: self._draw(w_, per_class, steps, seed) for w_ in sample_ws}  # w -> (samples, TV, floor)
         slider = w_slider(w, high=high)
-        super().__init__({"w": slider}, FigureView(2), GuidanceReadout(slider).label)
+        super().__init__({"w": slider}, FigureView(3), GuidanceReadout(slider).label)
         unguided = mix(mixture, self.conditionals(0.0))
         density_image(self.view.axes[0], self.grid, unguided, title="unguided marginal p(x)")
         self.image = density_image(self.view.axes[1], self.grid, unguided, title="")
+        self.sample_image = density_image(self.view.axes[2], Grid2D(self.grid.half_width, self.bins), unguided)
         self.view.figure.tight_layout()
         self._on_change()
 
@@ -147,12 +155,28 @@ class Figure2Widget(SliderPanel):
         log_tilted = self.log_conditional + w * self.log_classifier  # (K, n*n)
         return torch.stack([normalize(row, self.grid.cell).reshape(self.grid.n, self.grid.n) for row in log_tilted])
 
+    def _draw(self, w: float, per_class: int, steps: int, seed: int) -> tuple[torch.Tensor, float, float]:
+        """Exact-score CFG samples (K, N, 2) at w, their mean TV to π_w and the mean noise floor."""
+        generator = make_generator(seed)
+        samples = class_samples(self.mixture, self.mixture.num_classes, w, per_class, generator=generator, steps=steps)
+        targets = self.conditionals(w)
+        tv = sum(map(self.histogram, samples, targets)) / len(targets)
+        floor = sum(self.histogram.noise_floor(target, per_class, generator) for target in targets) / len(targets)
+        return samples, tv, floor
+
     def update(self) -> None:
         w = self.sliders["w"].value
         target = mix(self.mixture, self.conditionals(w))
         self.image.set_data(target.numpy())
         self.image.set_clim(0, target.max().item())
-        self.image.axes.set_title(f"guided: {guidance_label(w)}", fontsize=9)
+        self.image.axes.set_title(f"target Σπ_c π_w(x|c), {guidance_label(w)}", fontsize=8)
+        nearest = min(self.drawn, key=lambda drawn_w: abs(drawn_w - w))
+        samples, tv, floor = self.drawn[nearest]
+        shown = histogram_density(self.grid, samples, self.bins, self.mixture.weights)
+        self.sample_image.set_data(shown.numpy())
+        self.sample_image.set_clim(0, shown.max().item())
+        self.sample_image.axes.set_title(f"exact-score CFG at w = {nearest:g}: TV {tv:.2f} (floor {floor:.2f})",
+                                         fontsize=8)
 
 
 class CFGFieldWidget(SliderPanel):
