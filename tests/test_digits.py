@@ -218,6 +218,7 @@ def test_describe_applies_config_overrides(capsys):
 
 
 def test_bench_reports_consistent_figures():
+    from cfgedu.core.tensors import cpu_has_bf16
     from cfgedu.engine.bench import benchmark
     from cfgedu.nets.unet import UNet
 
@@ -227,6 +228,9 @@ def test_bench_reports_consistent_figures():
     assert result["cfg_doubled_over_two_forwards"] == pytest.approx(
         result["cfg_doubled_batch_s"] / result["cfg_two_forwards_s"])
     assert result["train_images_per_s"] > 0 and result["mfu"] is None  # no bf16 peak on a CPU
+    assert result["unguided_sampling_images_per_s"] > 0 and result["precision"] == "fp32"
+    bf16 = benchmark(UNet(TINY), batch_size=2, train_steps=1, repeats=1, sampling_steps=10, precision="bf16")
+    assert bf16["precision"] == ("bf16 autocast" if cpu_has_bf16() else "fp32")
     net = UNet(TINY)
     benchmark(net, batch_size=2, train_steps=1, repeats=1, sampling_steps=10, channels_last=True)
     conv = net.down[0][0].in_conv.weight  # (C_out, C_in > 1, 3, 3): the two layouts differ

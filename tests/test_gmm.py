@@ -121,3 +121,66 @@ def test_bad_labels_and_shapes(toy):
         toy(torch.zeros(4, 3), lam, torch.zeros(4, dtype=torch.long))
     with pytest.raises(ValueError, match="1-D integer tensor"):
         toy(z, lam, torch.zeros(4))
+
+
+def test_a_class_of_two_components_is_their_mixture(generator):
+    """Class 0 of two_modes() is the equal mixture of two Gaussians: its density, its ε* (−σ∇log p by autograd), its
+    posterior and its draws follow from the components."""
+    mixture = GaussianMixture.two_modes()
+    assert mixture.num_classes == 2 and mixture.class_weights.tolist() == pytest.approx([0.5, 0.5])
+    z = (2 * torch.randn(64, 2, generator=generator, dtype=torch.float64)).requires_grad_(True)
+    lam = torch.linspace(-4, 4, 64, dtype=torch.float64)
+    parts = mixture.log_prob_components(z, lam)  # (B, 3)
+    manual = torch.logsumexp(parts[:, :2] + torch.tensor([0.5, 0.5]).log(), dim=1)
+    torch.testing.assert_close(mixture.log_prob(z, lam, torch.zeros(64, dtype=torch.long)), manual)
+    _, sigma = alpha_sigma(lam)
+    for c in (0, 1, 2):  # two classes and ∅
+        labels = torch.full((64,), c)
+        (grad,) = torch.autograd.grad(mixture.log_prob(z, lam, labels).sum(), z)
+        torch.testing.assert_close(mixture.eps(z, lam, labels), -sigma[:, None] * grad, rtol=1e-9, atol=1e-9)
+    assert torch.allclose(mixture.posterior(z.detach(), lam).sum(1), torch.ones(64, dtype=torch.float64))
+    draws = mixture.sample(40_000, 0, generator)
+    mean, cov = mixture.class_moments(0)
+    assert torch.allclose(draws.mean(0), mean, atol=0.03) and torch.allclose(torch.cov(draws.T), cov, atol=0.05)
+    assert abs((draws[:, 0] > 0).double().mean().item() - 0.5) < 0.01  # half in each mode
+    with pytest.raises(ValueError, match="classes must give each"):
+        GaussianMixture(torch.ones(3), mixture.means, mixture.covariances, classes=[0, 2, 2])
+
+
+def test_one_level_for_the_batch_equals_a_level_per_sample(anisotropic, generator):
+    """At a sampler's step every sample is at one λ and the level's variances are computed once: the same ε*, log p
+    and posterior as when the samples' levels differ and each gets its own."""
+    z = 2 * torch.randn(64, 2, generator=generator, dtype=torch.float64)
+    c = torch.arange(64) % 4
+    for lam in (-20.0, -3.0, 0.5, 7.0, 20.0):
+        one = torch.full((64,), lam, dtype=torch.float64)
+        each = torch.cat([one, torch.tensor([lam - 1.0])])  # one more sample at another level
+        z_each, c_each = torch.cat([z, z[:1]]), torch.cat([c, c[:1]])
+        torch.testing.assert_close(anisotropic.eps(z, one, c), anisotropic.eps(z_each, each, c_each)[:64],
+                                   rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(anisotropic.log_prob(z, one, c), anisotropic.log_prob(z_each, each, c_each)[:64],
+                                   rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(anisotropic.posterior(z, one), anisotropic.posterior(z_each, each)[:64],
+                                   rtol=1e-12, atol=1e-14)
+
+
+def test_float32_eps_model_call_agrees_with_float64(anisotropic, generator):
+    """As an eps_model the mixture computes in z's dtype: float32 ε* agrees with the float64 one to float32 round-off
+    over the whole λ range (which is why figure2 samples the exact mixture in float32)."""
+    z = 3 * torch.randn(4096, 2, generator=generator, dtype=torch.float64)
+    lam = torch.linspace(-20, 20, 4096, dtype=torch.float64)
+    c = torch.arange(4096) % 4
+    eps32 = anisotropic(z.float(), lam.float(), c)
+    assert eps32.dtype == torch.float32
+    torch.testing.assert_close(eps32.double(), anisotropic.eps(z, lam, c), rtol=1e-4, atol=1e-5)
+
+
+def test_cond_and_uncond_from_one_evaluation(anisotropic, generator):
+    """The mixture's shortcut for CFG (one evaluation of its components instead of a doubled batch) gives ε*(z, c)
+    and ε*(z), and guided() takes it."""
+    z = 2 * torch.randn(64, 2, generator=generator, dtype=torch.float64)
+    lam, c = torch.full((64,), 0.3, dtype=torch.float64), torch.arange(64) % 3
+    cond, uncond = anisotropic.cond_and_uncond(z, lam, c)
+    torch.testing.assert_close(cond, anisotropic.eps(z, lam, c), rtol=0, atol=0)
+    torch.testing.assert_close(uncond, anisotropic.eps(z, lam, torch.full_like(c, 3)), rtol=0, atol=0)
+    torch.testing.assert_close(guided(anisotropic, 2.0)(z, lam, c), 3 * cond - 2 * uncond)

@@ -81,10 +81,21 @@ def test_interval_guidance(toy, generator):
     assert torch.allclose(out[[0, 3]], toy(z, lam, c)[[0, 3]])
 
 
+def test_one_w_per_sample_is_each_w_on_its_own(toy, generator):
+    """Several guidance strengths in one batch (figure2's panels): each sample is guided by its own w."""
+    z, lam, c = inputs(generator)
+    w = torch.tensor([1.0] * 16 + [4.0] * 16)
+    out = guided(toy, w)(z, lam, c)
+    torch.testing.assert_close(out[:16], guided(toy, 1.0)(z[:16], lam[:16], c[:16]))
+    torch.testing.assert_close(out[16:], guided(toy, 4.0)(z[16:], lam[16:], c[16:]))
+
+
 @pytest.mark.parametrize("w", [math.nan, math.inf])
 def test_bad_w(toy, w):
     with pytest.raises(ValueError, match="w must be finite"):
         guided(toy, w)
+    with pytest.raises(ValueError, match="w must be finite"):
+        guided(toy, torch.tensor([1.0, w]))
 
 
 def test_null_label_needed():

@@ -119,3 +119,19 @@ def test_bad_arguments(toy):
         IdealTiltedModel(toy, float("inf"))
     with pytest.raises(ValueError, match="labels must be in"):
         IdealTiltedModel(toy, 1.0, Grid2D.covering(toy, n=32))(torch.zeros(2, 2), torch.zeros(2), torch.tensor([0, 7]))
+
+
+def test_the_noised_target_is_pi_w_pushed_through_the_forward_process(toy):
+    """At w = 0, π_{0,λ} is p_λ(z|c) itself; at w > 0 it is a density (mass 1) that differs from ρ_λ ∝
+    p_λ(z|c)^{1+w} p_λ(z)^{-w}, the density exact-score CFG follows at level λ."""
+    from cfgedu.toy.grid import cfg_densities
+
+    grid = Grid2D.covering(toy, n=128)
+    plain = IdealTiltedModel(toy, 0.0, grid)
+    lam = torch.full((len(grid.points()),), 0.5, dtype=torch.float64)
+    exact = toy.log_prob(grid.points(), lam, torch.zeros(len(lam), dtype=torch.long)).exp().reshape(grid.n, grid.n)
+    assert (plain.noised_density(grid, 0.5, 0) - exact).abs().max() < 1e-6
+    tilted = IdealTiltedModel(toy, 4.0, grid).noised_density(grid, 0.5, 0)
+    assert (tilted.sum() * grid.cell**2).item() == pytest.approx(1.0, abs=1e-4)  # the tails beyond the grid
+    rho = cfg_densities(toy, grid, 4.0, lam=0.5)[0]
+    assert 0.5 * ((tilted - rho).abs().sum() * grid.cell**2).item() > 0.05

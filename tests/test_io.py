@@ -59,7 +59,7 @@ def test_a_zero_byte_checkpoint_gets_one_clear_line(tmp_path):
     lambda path: path.write_bytes(pickle.dumps(_Payload())),
     lambda path: torch.save({"weights": torch.zeros(2), "extra": _Payload()}, path),
 ], ids=["plain pickle", "torch.save with an object"])
-def test_a_pickled_object_is_refused_without_advice_to_unpickle_it(tmp_path, write, capfd):
+def test_a_pickled_object_is_refused_without_advice_to_unpickle_it(tmp_path, write, capfd, recwarn):
     path = tmp_path / "hostile.pt"
     write(path)
     with pytest.raises(ValueError) as error:
@@ -68,6 +68,7 @@ def test_a_pickled_object_is_refused_without_advice_to_unpickle_it(tmp_path, wri
     assert message.startswith(f"{path} is not a weights-only checkpoint")
     assert "will not unpickle it" in message and "weights_only" not in message and "\n" not in message
     assert "payload ran" not in capfd.readouterr().out
+    assert not [str(warning.message) for warning in recwarn]  # torch's own advice is not printed beside it
 
 
 def test_a_corrupt_checkpoint_names_the_file(tmp_path):

@@ -30,11 +30,26 @@ def toy_module():
 def test_rows_cover_the_grid(sweep):
     c = TINY
     expected = (len(c.p_unconds) * len(c.steps) * len(c.ws) + len(c.steps) * len(c.ws) + 5 * len(c.ws)
-                + len(c.ideal_ws) + len(c.corrector_ws) * len(c.corrector_steps))
+                + len(c.ideal_ws) + len(c.corrector_ws) * (2 * len(c.corrector_steps) - 1))  # K = 0 once
     assert len(sweep.rows) == expected
     assert {r["sampler"] for r in sweep.rows} == {"ancestral-v0", "ancestral-v0.3", "ancestral-v1", "ddim", "ideal",
-                                                  "interval", "schedule", "ancestral-v0.3+mala"}
+                                                  "interval", "schedule", "ancestral-v0.3+mala",
+                                                  "ancestral-v0.3+mala@λmax"}
     assert all(r["p_uncond"] == "" for r in sweep.select(model="exact"))
+
+
+def test_mala_at_the_data_level_is_mcmc_on_the_tilted_target(sweep):
+    """At λ_max, ρ_λ is π_w: MALA there is exact MCMC on π_w, so the K·T steps pull CFG samples onto the target."""
+    plain = sweep.select(sampler="ancestral-v0.3+mala", corrector_steps=0)[0]
+    final = sweep.select(sampler="ancestral-v0.3+mala@λmax")[0]
+    assert final["tv_to_target"] < plain["tv_to_target"]
+
+
+def test_class_variance_is_the_per_coordinate_variance(toy_module):
+    from cfgedu.core.tensors import make_generator
+    from cfgedu.toy.metrics import class_variance
+
+    assert class_variance(toy_module.sample(50_000, 1, make_generator(0))) == pytest.approx(0.36, abs=0.01)
 
 
 def test_guidance_raises_is_and_moves_away_from_the_data(sweep):

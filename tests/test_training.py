@@ -10,6 +10,7 @@ from datetime import timedelta
 import pytest
 import torch
 import torch.distributed as dist
+from threads import one_thread  # noqa: F401 (autouse)
 from torch import nn
 
 from cfgedu.core.io import safe_torch_load
@@ -23,15 +24,6 @@ from cfgedu.engine.runs import CHECKPOINT, LOCK, METRICS, load_checkpoint_model
 from cfgedu.nets.mlp import EpsMLP, MLPConfig
 
 KIND = "mlp"
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest, and identically from run to run, on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -269,8 +261,55 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data, tmp_path
     assert (tmp_path / METRICS).read_text().count("\n") == 5
 
 
-def test_bf16_falls_back_to_fp32_on_the_cpu(data):
-    with pytest.warns(UserWarning, match="CUDA-only"):
+def test_non_finite_step_is_caught_at_the_next_check_before_any_checkpoint(data, tmp_path):
+    """Between log intervals nothing is read on the host: the NaN of step 6 stops the run at the check of step 8,
+    before step 8's checkpoint; the error still names step 6."""
+    good = run(config(steps=4), data)
+    with pytest.raises(FloatingPointError, match="at step 6; stopped at step 8"):
+        run(config(steps=12, log_every=4, checkpoint_every=4), PoisonedData(data, bad_step=5), tmp_path)
+    saved = safe_torch_load(tmp_path / CHECKPOINT)
+    assert saved["step"] == 4 and torch.equal(weights(saved["model"]["state_dict"]), weights(good.model))
+    assert [json.loads(line)["step"] for line in (tmp_path / METRICS).read_text().splitlines()] == [4]
+
+
+def test_the_loop_reads_the_device_only_at_log_steps(data, monkeypatch):
+    """float(), int(), bool() and .tolist() of a tensor, called from the loop: only at the two log steps."""
+    import sys
+
+    import cfgedu.engine.loop as loop
+
+    reads = []
+
+    def counted(name):
+        original = getattr(torch.Tensor, name)
+
+        def read(tensor, *args):
+            if sys._getframe(1).f_code.co_filename == loop.__file__:
+                reads.append(name)
+            return original(tensor, *args)
+
+        return read
+
+    for name in ("__float__", "__int__", "__bool__", "tolist", "item"):
+        monkeypatch.setattr(torch.Tensor, name, counted(name))
+    history = run(config(steps=8, log_every=4), data).history
+    assert len(history) == 2 and len(reads) == 2 * 4  # per log step: the flag, the window's loss, loss, grad norm
+
+
+def test_bf16_trains_in_bf16_on_a_cpu_with_bf16_instructions(data):
+    from cfgedu.core.tensors import cpu_has_bf16
+
+    if not cpu_has_bf16():
+        pytest.skip("this CPU has no bf16 instructions (AVX512-BF16 or AMX)")
+    bf16, fp32 = run(config(precision="bf16"), data), run(config(), data)
+    assert not torch.equal(weights(bf16.model), weights(fp32.model))  # not a silent fallback to fp32
+    for ours, reference in zip(bf16.history, fp32.history, strict=True):
+        assert ours["loss"] == pytest.approx(reference["loss"], rel=0.05)
+
+
+def test_bf16_falls_back_to_fp32_on_a_cpu_without_bf16(data, monkeypatch):
+    monkeypatch.setattr("cfgedu.core.tensors.cpu_has_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="bf16 instructions"):
         bf16 = run(config(precision="bf16"), data)
     assert torch.equal(weights(bf16.model), weights(run(config(), data).model))
 

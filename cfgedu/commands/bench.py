@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 from ._overrides import collect_overrides, override_pairs
+from ._threads import DEFAULT_THREADS, add_threads_argument, set_threads
 
 HELP = ("Benchmark a preset's network on this device (CUDA if available): training images/s, sampling images/s "
-        "with CFG, one doubled-batch CFG forward against two forwards, parameters, forward GFLOPs, peak memory "
-        "and, on CUDA, model-FLOPs utilisation against the bf16 peak. Config fields can be overridden as in "
-        "train; the training options --compile and --channels_last apply here too.")
+        "(unguided, and with CFG's doubled batch), one doubled-batch CFG forward against two forwards, parameters, "
+        "forward GFLOPs, peak memory and, on CUDA, model-FLOPs utilisation against the bf16 peak. Config fields can "
+        "be overridden as in train; the training options --compile, --channels_last and --precision apply here too.")
 
 
 def add_arguments(parser):
@@ -17,7 +18,7 @@ def add_arguments(parser):
     parser.add_argument("--steps", type=int, default=3, help="timed training steps (after one warm-up)")
     parser.add_argument("--repeats", type=int, default=3, help="timed forwards (after one warm-up)")
     parser.add_argument("--sampling-steps", type=int, default=128, help="T used to turn step time into images/s")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    add_threads_argument(parser, DEFAULT_THREADS)
     collect_overrides(parser)
 
 
@@ -30,8 +31,6 @@ def default_batch(experiment, device, gflops: float) -> int:
 def run(args) -> None:
     import json
 
-    import torch
-
     from ..core.checks import check_positive_int
     from ..core.configs import apply_overrides
     from ..core.tensors import default_device
@@ -40,13 +39,13 @@ def run(args) -> None:
     from ..engine.flops import forward_flops
     from ..engine.presets import preset
 
-    if args.threads:
-        torch.set_num_threads(check_positive_int("threads", args.threads))
+    set_threads(args.threads)
     experiment = apply_overrides(preset(args.preset), override_pairs(args.overrides))
     device = default_device()
     model = build_network(experiment)
     batch = args.batch_size or default_batch(experiment, device, forward_flops(model) / 1e9)
     result = benchmark(model, batch_size=check_positive_int("batch-size", batch), train_steps=args.steps,
                        repeats=args.repeats, sampling_steps=args.sampling_steps, device=device,
-                       compile=experiment.train.compile, channels_last=experiment.train.channels_last)
+                       compile=experiment.train.compile, channels_last=experiment.train.channels_last,
+                       precision=experiment.train.precision)
     print(json.dumps({"preset": args.preset, **result}, indent=2))

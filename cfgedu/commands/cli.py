@@ -18,6 +18,7 @@ COMMANDS = {
     "bench": "cfgedu.commands.bench",
     "prepare-imagenet64": "cfgedu.commands.prepare_imagenet64",
     "bench-widgets": "cfgedu.commands.bench_widgets",
+    "bench-figure2": "cfgedu.commands.bench_figure2",
     "toy-train": "cfgedu.commands.toy_train",
     "fields": "cfgedu.commands.fields",
     "toy-tradeoff": "cfgedu.commands.toy_tradeoff",

@@ -6,6 +6,8 @@ from pathlib import Path
 from ..images.digits_classifier import digits_protocol
 from ..images.inception import imagenet_protocol
 from ._paths import output_folder
+from ._threads import DEFAULT_THREADS, add_threads_argument, set_threads
+from .sample import add_precision_argument
 
 HELP = ("Sample every class at each guidance strength w (s = 1 + w) and measure FID and IS with a protocol's feature "
         "extractor (digits: a small CNN, which also gives the accuracy of the requested class, FID against the "
@@ -34,6 +36,7 @@ def add_arguments(parser):
     parser.add_argument("--method", choices=("ancestral", "ddim"), default="ancestral", help="sampler")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampling noise and the floor subsets")
     parser.add_argument("--batch-size", type=int, default=500, help="images per sampling batch")
+    add_precision_argument(parser)
     parser.add_argument("--floor-repeats", type=int, default=5, help="real subsets averaged for the FID floor")
     parser.add_argument("--grid-columns", type=int, default=10, help="samples per class shown in each grid")
     parser.add_argument("--grid-classes", type=int, default=10, help="classes (rows) shown in each grid")
@@ -44,6 +47,7 @@ def add_arguments(parser):
                         help="imagenet: ADM-style mu/sigma .npz (default: statistics of the run's prepared data)")
     parser.add_argument("--data", type=Path, default=None,
                         help="imagenet: prepared data whose training split gives the reference (default: the run's)")
+    add_threads_argument(parser, DEFAULT_THREADS)
 
 
 def run(args) -> None:
@@ -52,10 +56,12 @@ def run(args) -> None:
     from ..images.evaluation import evaluate_checkpoint, write_evaluation
 
     output_folder(args.out)
+    set_threads(args.threads)
     ws = [check_w(w) for w in args.w]
     protocol = PROTOCOLS[args.protocol or ("imagenet" if args.inception else "digits")](args)
     evaluation = evaluate_checkpoint(args.checkpoint, protocol, ws, n=args.n, per_class=args.per_class,
                                      steps=args.steps, seed=args.seed, method=args.method, batch_size=args.batch_size,
+                                     precision=args.precision,
                                      floor_repeats=args.floor_repeats, grid=(args.grid_classes, args.grid_columns))
     print(write_evaluation(evaluation, args.out))
     for w, images in evaluation.grids.items():  # rank 0's samples, one row per class

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ._paths import output_folder
+from ._threads import TOY_THREADS, add_threads_argument, set_threads
 
 TOY_KINDS = ("mlp", "energy")  # the 2D networks a toy command can take
 
@@ -22,6 +23,7 @@ def add_arguments(parser):
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help="a toy run folder from toy-train (or its checkpoint.pt, or an older model.pt): adds a row "
                              "of CFG samples from the learned scores")
+    add_threads_argument(parser, TOY_THREADS)
 
 
 def run(args) -> None:
@@ -36,6 +38,7 @@ def run(args) -> None:
     from ..toy.mixture import GaussianMixture
 
     output_folder(args.out)
+    set_threads(args.threads)
     args.w = [check_w(w) for w in args.w]
     learned = {"learned": load_checkpoint_model(args.checkpoint, kinds=TOY_KINDS)} if args.checkpoint else {}
     result = compute_figure2(GaussianMixture.three_gaussians(), args.w, samples_per_class=args.samples_per_class,

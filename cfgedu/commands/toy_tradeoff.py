@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ._paths import output_folder
+from ._threads import TOY_THREADS, add_threads_argument, set_threads
 
 HELP = ("Sweep the guidance strength w (paper's w; scale s = 1 + w), p_uncond of learned toy MLPs and the number "
         "of sampling steps T; write tradeoff.csv, Markdown tables shaped like the paper's Tables 1-2, the "
@@ -15,20 +16,18 @@ def add_arguments(parser):
     parser.add_argument("--fast", action="store_true", help="a CI-sized sweep (about a minute)")
     parser.add_argument("--train-steps", type=int, default=None, help="training steps of each learned MLP")
     parser.add_argument("--seed", type=int, default=None, help="seed of training and sampling")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (the toy's tensors are small: one thread is fastest on a busy machine)")
+    add_threads_argument(parser, TOY_THREADS)
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
 def run(args) -> None:
     import matplotlib
-    import torch
 
     matplotlib.use("Agg")
     from ..toy.tradeoff import SWEEPS, run_sweep, with_overrides
 
     output_folder(args.out)
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     config = with_overrides(SWEEPS["fast" if args.fast else "full"], train_steps=args.train_steps, seed=args.seed)
     progress = not args.no_progress
     models = learned_models(args.out / "models", config, progress=progress)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ._overrides import collect_overrides, override_pairs
 from ._paths import output_folder
+from ._threads import DEFAULT_THREADS, add_threads_argument, set_threads
 
 HELP = ("Train a preset's network with Algorithm 1 (label dropout, λ ~ p(λ), ε-MSE), AdamW, warm-up, clipping, "
         "EMA, atomic checkpoints and exact resume; any config field can be overridden as --key value "
@@ -21,9 +22,7 @@ def add_arguments(parser):
     parser.add_argument("--resume", action="store_true",
                         help="require DIR/checkpoint.pt and continue it (an existing checkpoint is resumed anyway)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="CPU threads per process (0: PyTorch's default); 1 is fastest for tiny models on a "
-                             "busy machine")
+    add_threads_argument(parser, DEFAULT_THREADS)
     collect_overrides(parser)
 
 
@@ -35,16 +34,6 @@ def run(args) -> None:
     set_threads(args.threads)
     train_and_report(apply_overrides(preset(args.preset), override_pairs(args.overrides)), args.out, args.preset,
                      resume=args.resume, progress=not args.no_progress)
-
-
-def set_threads(threads: int) -> None:
-    """torch's CPU threads (0 keeps its default)."""
-    if threads < 0:
-        raise ValueError(f"--threads must be >= 0, got {threads}")
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
 
 
 def train_and_report(experiment, out: Path, preset_name: str, *, resume: bool = False, progress: bool = True):

@@ -17,10 +17,10 @@ def check_finite(name: str, value: float) -> float:
 
 def check_in_range(name: str, value: float, low: float, high: float) -> float:
     """A number in the closed interval [low, high]."""
-    value = check_finite(name, value)
-    if not low <= value <= high:
+    number = check_finite(name, value)
+    if not low <= number <= high:
         raise ValueError(f"{name} must be in [{low}, {high}], got {value}")
-    return value
+    return number
 
 
 def check_positive_int(name: str, value: int) -> int:

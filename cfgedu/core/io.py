@@ -11,6 +11,7 @@ import os
 import pickle
 import re
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -94,7 +95,9 @@ def safe_torch_load(path: Path, map_location="cpu"):
     if path.stat().st_size == 0:
         raise ValueError(f"{path} is empty (0 bytes): not a cfgedu checkpoint (an interrupted copy?)")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch's advice on legacy pickles is not for cfgedu's users
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
         if "weights only" not in str(error).lower():
             raise ValueError(f"{path} is not a readable cfgedu checkpoint ({first_sentence(error)})") from None
@@ -104,4 +107,5 @@ def safe_torch_load(path: Path, map_location="cpu"):
                          ) from None
     except Exception as error:  # truncated zip, foreign format: all the same to the user
         detail = first_sentence(error) or "the file ends early"
-        raise ValueError(f"{path} is not a readable cfgedu checkpoint ({type(error).__name__}: {detail})") from None
+        raise ValueError(f"{path} is not a readable cfgedu checkpoint: truncated, corrupt or not written by torch.save "
+                         f"({type(error).__name__}: {detail})") from None

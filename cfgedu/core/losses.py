@@ -2,15 +2,19 @@
 
 A step draws its noise first (which labels drop to ∅, λ ~ p(λ), ε ~ N(0, I)) and then takes the loss, so the
 training engine can draw the noise of a whole global batch once and give each process and micro-batch its slice.
+The noisy classifier of classifier guidance trains on the same noise with a cross-entropy (`classifier_loss`);
+`loss_for` picks a network's loss by its `objective`.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from .checks import check_in_range, check_labels
-from .guidance import EpsModel
+from .guidance import Classifier, EpsModel
 from .schedule import LogSNRSchedule, q_sample
 
 
@@ -47,6 +51,28 @@ def algorithm1_loss(eps_model: EpsModel, x: torch.Tensor, c: torch.Tensor, noise
     """Steps 5-6: the mean of ‖ε_θ(z_λ, c̃) − ε‖² over all elements, z_λ = α_λ x + σ_λ ε (Eq. 5), in float32."""
     z = q_sample(x, noise.lam, noise.eps)
     return torch.mean((eps_model(z, noise.lam, drop_labels(c, noise.drop, null_label)).float() - noise.eps) ** 2)
+
+
+def classifier_loss(classifier: Classifier, x: torch.Tensor, c: torch.Tensor, noise: StepNoise,
+                    null_label: int) -> torch.Tensor:
+    """The cross-entropy −log p_φ(c | z_λ, λ) of a noisy classifier (logits = classifier(z, λ)) on Algorithm 1's
+    forward process z_λ = α_λ x + σ_λ ε, in float32. Labels are never dropped (noise.drop is ignored): null_label
+    is only checked to lie beyond the classes."""
+    check_labels(c, null_label, allow_null=False)
+    z = q_sample(x, noise.lam, noise.eps)
+    return F.cross_entropy(classifier(z, noise.lam).float(), c)
+
+
+# A network's training loss by its `objective` attribute; all take (model, x, c, noise, null_label).
+LOSSES: dict[str, Callable[..., torch.Tensor]] = {"eps": algorithm1_loss, "classifier": classifier_loss}
+
+
+def loss_for(model) -> Callable[..., torch.Tensor]:
+    """The loss in LOSSES that trains `model`, by its `objective` attribute ("eps" when it has none)."""
+    objective = getattr(model, "objective", "eps")
+    if objective not in LOSSES:
+        raise ValueError(f"{type(model).__name__} has objective {objective!r}; known objectives: {', '.join(LOSSES)}")
+    return LOSSES[objective]
 
 
 def diffusion_loss(eps_model: EpsModel, x: torch.Tensor, c: torch.Tensor, *, p_uncond: float, num_classes: int,

@@ -40,8 +40,8 @@ def ddim_step(z: torch.Tensor, x_hat: torch.Tensor, lam: torch.Tensor, lam_next:
 
 def denoise(eps_model: EpsModel, z: torch.Tensor, lam: torch.Tensor, c: torch.Tensor,
             clip_x: float | None = None) -> torch.Tensor:
-    """x̃ = (z − σ ε̃)/α, optionally clipped to [−clip_x, clip_x]."""
-    x_hat = eps_to_x(z, eps_model(z, lam, c), lam)
+    """x̃ = (z − σ ε̃)/α, optionally clipped to [−clip_x, clip_x]; lam is (B,), or (1,) for one level for all."""
+    x_hat = eps_to_x(z, eps_model(z, lam.expand(len(z)), c), lam)
     return x_hat.clamp(-clip_x, clip_x) if clip_x is not None else x_hat
 
 
@@ -70,14 +70,14 @@ def sample(eps_model: EpsModel, data_shape: tuple[int, ...], c: torch.Tensor, *,
     z = torch.randn((len(c), *data_shape), generator=generator, device=device, dtype=dtype)
     path = [z]
     for t in tqdm(range(steps), desc="sampling", disable=not progress, leave=False):
-        lam = grid[t].expand(len(c))
+        lam, lam_next = grid[t:t + 1], grid[t + 1:t + 2]  # (1,): the step's coefficients once, not once per sample
         x_hat = denoise(eps_model, z, lam, c, clip_x)
         if t == steps - 1:
             z = x_hat
         elif method == "ancestral":
-            z = ancestral_step(z, x_hat, lam, grid[t + 1].expand(len(c)), v, generator, noise_scale)
+            z = ancestral_step(z, x_hat, lam, lam_next, v, generator, noise_scale)
         else:
-            z = ddim_step(z, x_hat, lam, grid[t + 1].expand(len(c)))
+            z = ddim_step(z, x_hat, lam, lam_next)
         if corrector is not None:
             z = corrector(z, grid[min(t + 1, steps - 1)].expand(len(c)), c, generator)
         path.append(z)

@@ -48,7 +48,7 @@ class TrainConfig:
     seed: int = 0  # data order, noise, dropout and (via train_experiment) network initialisation
     grad_accum: int = 1  # micro-steps per step
     per_device_batch: int = 0  # > 0: examples per process per micro-step, grad_accum derived
-    precision: str = "fp32"  # or "bf16": autocast on CUDA (fp32 on the CPU)
+    precision: str = "fp32"  # or "bf16": autocast on CUDA and on CPUs with bf16 instructions (else fp32)
     compile: bool = False  # torch.compile the network
     channels_last: bool = False  # channels-last memory format for 4-D inputs and weights
     device: str = "auto"  # "auto" (CUDA if available), "cpu" or "cuda"

@@ -1,8 +1,9 @@
 """One training loop for every cfgedu network: Algorithm 1 of Ho & Salimans (2022), from the 2D toy to ImageNet.
 
 λ ~ p(λ), labels dropped to ∅ with probability p_uncond, the unweighted ε-MSE (Eq. 5); AdamW with a linear
-learning-rate warm-up, gradient clipping and an EMA of the weights; bf16 autocast on CUDA; DDP under torchrun;
-atomic checkpoints and exact resume.
+learning-rate warm-up, gradient clipping and an EMA of the weights; bf16 autocast on CUDA and on CPUs with bf16
+instructions; DDP under torchrun; atomic checkpoints and exact resume. The loss and gradient norm stay on the device:
+the host reads them, and checks they are finite, only at the log interval and before each checkpoint.
 
 Every random draw is a pure function of (seed, step, position in the global batch): the DataSource hands out
 the examples, and the noise of a step (dropped labels, λ, ε) is drawn here for the whole global batch and
@@ -28,8 +29,8 @@ import torch.distributed as dist
 from torch import nn
 
 from ..core.io import atomic_write_json, first_sentence
-from ..core.losses import algorithm1_loss, draw_noise
-from ..core.tensors import derive_seed, make_generator
+from ..core.losses import draw_noise, loss_for
+from ..core.tensors import autocast, bf16_supported, derive_seed, make_generator
 from ..data.source import DataSource, slot_offset
 from .config import TrainConfig
 from .processes import Processes, mean_over_processes, start_processes
@@ -65,9 +66,8 @@ def learning_rate(config: TrainConfig, step: int) -> float:
 
 @torch.no_grad()
 def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    """θ_ema ← decay·θ_ema + (1 − decay)·θ; buffers are copied."""
-    for ema_param, param in zip(ema.parameters(), model.parameters(), strict=True):
-        ema_param.lerp_(param, 1 - decay)
+    """θ_ema ← decay·θ_ema + (1 − decay)·θ, in one multi-tensor (foreach) update; buffers are copied."""
+    torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - decay)
     for ema_buffer, buffer in zip(ema.buffers(), model.buffers(), strict=True):
         ema_buffer.copy_(buffer)
 
@@ -120,18 +120,47 @@ class _LogWindow:
         """Training seconds of the whole run: carried + (now − began)."""
         return self.carried + time.perf_counter() - self.began
 
-    def add(self, loss: float) -> None:
+    def add(self, loss: torch.Tensor) -> None:
+        """Count one step, its loss summed on the device (no host synchronisation)."""
         self.loss, self.steps, self.timed_steps = self.loss + loss, self.steps + 1, self.timed_steps + 1
 
-    def record(self, done: int, loss: float, grad_norm: float, config: TrainConfig) -> dict:
+    def state(self) -> list:
+        """[summed loss, steps], as a checkpoint keeps them."""
+        return [float(self.loss), self.steps]
+
+    def record(self, done: int, loss: torch.Tensor, grad_norm: torch.Tensor, config: TrainConfig) -> dict:
         """The mean loss of the window, the last step's loss, lr and gradient norm, and the throughput; resets."""
         now = time.perf_counter()
-        record = {"step": done, "loss": self.loss / self.steps, "last_loss": loss,
-                  "lr": learning_rate(config, done - 1), "grad_norm": grad_norm,
+        record = {"step": done, "loss": float(self.loss) / self.steps, "last_loss": float(loss),
+                  "lr": learning_rate(config, done - 1), "grad_norm": float(grad_norm),
                   "images_per_s": self.timed_steps * config.batch_size / max(now - self.since, 1e-9),
                   "seconds": self.elapsed()}
         self.loss, self.steps, self.timed_steps, self.since = 0.0, 0, 0, now
         return record
+
+
+class _FiniteWatch:
+    """The first non-finite step of a run (its number, loss and gradient norm), kept on the device: add() never waits
+    for it, check() reads it and stops the run."""
+
+    def __init__(self, device: torch.device):
+        self.step = torch.zeros((), dtype=torch.long, device=device)  # 0: every step so far was finite
+        self.values = torch.zeros(2, device=device)  # (loss, gradient norm) of that step
+
+    def add(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        values = torch.stack([loss, grad_norm]).float()
+        first = ~torch.isfinite(values).all() & (self.step == 0)
+        self.step = torch.where(first, step + 1, self.step)
+        self.values = torch.where(first, values, self.values)
+
+    def check(self, done: int) -> None:
+        """FloatingPointError if a step up to `done` was not finite: raised before the weights that step touched reach
+        a metrics record or a checkpoint."""
+        bad = int(self.step)
+        if bad:
+            loss, grad_norm = self.values.tolist()
+            raise FloatingPointError(f"non-finite loss {loss} (gradient norm {grad_norm}) at step {bad}; stopped at "
+                                     f"step {done} before writing a checkpoint, so the last checkpoint is intact")
 
 
 class _Trainer:
@@ -147,9 +176,10 @@ class _Trainer:
         self.ema = copy.deepcopy(model).requires_grad_(False).eval()
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=config.betas,
                                            weight_decay=config.weight_decay, fused=device.type == "cuda")
-        self.bf16 = config.precision == "bf16" and device.type == "cuda"
-        if config.precision == "bf16" and not self.bf16:
-            warnings.warn("bf16 autocast is CUDA-only; training in fp32 on the CPU", stacklevel=3)
+        if config.precision == "bf16" and not bf16_supported(device):
+            warnings.warn(f"bf16 autocast needs CUDA or a CPU with bf16 instructions (AVX512-BF16 or AMX), which "
+                          f"{device} lacks; training in fp32", stacklevel=3)
+        self.watch = _FiniteWatch(device)
         self.ddp = None
         self.net = model
         if processes.world_size > 1:
@@ -163,7 +193,7 @@ class _Trainer:
         if not all(torch.isfinite(param).all() for param in self.model.parameters()):
             raise FloatingPointError(f"non-finite weights after step {step}; kept the last good checkpoint {path}")
         write_checkpoint(path, model=self.model, kind=kind, ema=self.ema, optimizer=self.optimizer, step=step,
-                         config=self.config, log_window=[window.loss, window.steps], seconds=window.elapsed())
+                         config=self.config, log_window=window.state(), seconds=window.elapsed())
 
     def restore(self, path: Path, kind: str, window: _LogWindow) -> int:
         """Load a checkpoint written by save(), every entry checked before it is used; returns its step."""
@@ -189,8 +219,9 @@ class _Trainer:
                 raise ValueError(f"{path}: the 'optimizer' entry holds moments of another shape than the parameter "
                                  f"{tuple(param.shape)} they belong to")
 
-    def step(self, step: int) -> tuple[float, float]:
-        """One optimisation step on the global batch number `step`; returns (loss, gradient norm)."""
+    def step(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimisation step on the global batch number `step`; returns (loss, gradient norm) on the device,
+        unread: a non-finite step is recorded by self.watch, which the caller checks."""
         config, processes = self.config, self.processes
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(config, step)
@@ -206,16 +237,14 @@ class _Trainer:
             with nullcontext() if last or self.ddp is None else self.ddp.no_sync():
                 _seed_global_generator(derive_seed(config.seed, step, micro, processes.rank, _DROPOUT_STREAM),
                                        processes.device)
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16):
-                    loss = algorithm1_loss(self.net, x, c, local, self.data.num_classes)
+                with autocast(processes.device, config.precision):
+                    loss = loss_for(self.model)(self.net, x, c, local, self.data.num_classes)
                 (loss / self.accum).backward()
             total += loss.detach()
-        loss = float(mean_over_processes(total / self.accum, processes))
+        loss = mean_over_processes(total / self.accum, processes)
         max_norm = config.grad_clip if config.grad_clip is not None else math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
-        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-            raise FloatingPointError(f"non-finite loss {loss} (gradient norm {grad_norm}) at step {step + 1}; "
-                                     f"stopped before updating the weights, so the last checkpoint is intact")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        self.watch.add(step, loss, grad_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         update_ema(self.ema, self.model, config.ema_decay)
@@ -292,7 +321,12 @@ def _run(trainer: _Trainer, out_dir: Path | None, kind: str, resume: bool, progr
             done = step + 1
             window.add(loss)
             bar.update()
-            if done % config.log_every == 0 or done == config.steps:
+            save = checkpoint is not None and (done == config.steps or
+                                               (config.checkpoint_every and done % config.checkpoint_every == 0))
+            log = done % config.log_every == 0 or done == config.steps
+            if log or save:  # on every rank, so that all stop together
+                trainer.watch.check(done)
+            if log:
                 record = window.record(done, loss, grad_norm, config)
                 history.append(record)
                 bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
@@ -300,8 +334,7 @@ def _run(trainer: _Trainer, out_dir: Path | None, kind: str, resume: bool, progr
                     append_metrics(out_dir, record)
                 if main and on_log is not None:
                     on_log(record)
-            if checkpoint is not None and main and (done == config.steps or
-                                                    (config.checkpoint_every and done % config.checkpoint_every == 0)):
+            if save and main:
                 trainer.save(checkpoint, kind, done, window)
     return TrainResult(trainer.model, trainer.ema, history, time.perf_counter() - window.began, config.steps,
                        resumed_from=start)

@@ -81,32 +81,39 @@ def plot_figure2(result: Figure2, display_bins: int = 128):
                      for c in range(result.mixture.num_classes)) / result.mixture.num_classes
             floor = sum(result.noise_floors[j]) / len(result.noise_floors[j])
             sample_histogram(axes[i, j], result.grid, panel.samples[name], display_bins,
-                             weights=result.mixture.weights, title=f"{name} CFG: TV {tv:.3f} (floor {floor:.3f})")
+                             weights=result.mixture.class_weights, title=f"{name} CFG: TV {tv:.3f} (floor {floor:.3f})")
     fig.tight_layout()
     return fig
 
 
-def plot_curl_panels(eps_model: EpsModel, ws, lams, c: int = 0, grid: Grid2D = Grid2D(3.0, 96), title: str = ""):
-    """Rows λ, columns w: the curl of the CFG field as a diverging heatmap, with the streamlines of the guided
-    score −ε̃/σ on top; each title gives the relative curl."""
+def normalised_curl(field, grid: Grid2D) -> tuple[torch.Tensor, float]:
+    """curl f / mean‖J‖_F on the grid (n, n) [y, x] by autograd, and the relative curl (its mean |value|): a map
+    whose scale does not depend on the field's size, so panels of different λ share one colour scale."""
+    jac = jacobian(field, grid.points())
+    return curl_from_jacobian(jac).reshape(grid.n, grid.n) / jac.flatten(1).norm(dim=1).mean(), relative_curl(jac)
+
+
+def plot_curl_panels(eps_model: EpsModel, ws, lams, c: int = 0, grid: Grid2D = Grid2D(3.0, 96), title: str = "",
+                     mixture: GaussianMixture | None = None):
+    """Rows λ, columns w: the curl of the CFG field over mean‖J‖_F (normalised_curl) on one diverging colour scale
+    with a colour bar, the streamlines of the guided score −ε̃/σ on top, and the class means (+) when a mixture is
+    given; each title gives the relative curl."""
     model = as_float64(eps_model)
-    fig, axes = plt.subplots(len(lams), len(ws), figsize=(3.2 * len(ws), 3.2 * len(lams)), squeeze=False)
+    fields = {(lam, w): cfg_field(model, lam, c, w) for lam in lams for w in ws}
+    curls = {key: normalised_curl(field, grid) for key, field in fields.items()}
+    limit = max(max(curl.abs().max().item() for curl, _ in curls.values()), 1e-12)
+    fig, axes = plt.subplots(len(lams), len(ws), figsize=(3.2 * len(ws) + 0.8, 3.2 * len(lams)), squeeze=False)
     h, axis = grid.half_width, grid.axis.numpy()
-    for i, lam in enumerate(lams):
-        for j, w in enumerate(ws):
-            field = cfg_field(model, lam, c, w)
-            jac = jacobian(field, grid.points())
-            curl = curl_from_jacobian(jac).reshape(grid.n, grid.n).numpy()
-            values = -grid_values(field, grid).numpy()  # the guided score direction: toward the modes
-            limit = max(abs(curl).max(), 1e-12)
-            ax = axes[i, j]
-            ax.imshow(curl, origin="lower", extent=(-h, h, -h, h), cmap="RdBu_r", vmin=-limit, vmax=limit)
-            ax.streamplot(axis, axis, values[..., 0], values[..., 1], color="k", linewidth=0.5, density=0.8)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.set_title(f"λ = {lam:g}, w = {w:g} (s = {1 + w:g})\nrelative curl {relative_curl(jac):.1e}", fontsize=8)
+    for (i, lam), (j, w) in ((row, column) for row in enumerate(lams) for column in enumerate(ws)):
+        (curl, relative), values = curls[(lam, w)], -grid_values(fields[(lam, w)], grid).numpy()  # toward the modes
+        ax = axes[i, j]
+        image = ax.imshow(curl.numpy(), origin="lower", extent=(-h, h, -h, h), cmap="RdBu_r", vmin=-limit, vmax=limit)
+        ax.streamplot(axis, axis, values[..., 0], values[..., 1], color="k", linewidth=0.5, density=0.8)
+        if mixture is not None:
+            ax.plot(*mixture.means.T.numpy(), "+", color="tab:green", ms=9, mew=2)
+        _bare(ax, f"λ = {lam:g}, w = {w:g} (s = {1 + w:g})\nrelative curl {relative:.1e}")
+    fig.colorbar(image, ax=axes, shrink=0.8, label="curl / mean‖J‖_F")
     fig.suptitle(title or "curl of the CFG field (colour) and its streamlines", fontsize=10)
-    fig.tight_layout()
     return fig
 
 
@@ -132,23 +139,44 @@ def plot_helmholtz(split: HelmholtzHodge, title: str = ""):
     return fig
 
 
+def plot_fid_is(ax, curves: dict[str, list[tuple[float, float, float]]], *, annotate: bool = True,
+                xlabel: str = "IS (higher: more class-typical)", ylabel: str = "FID (lower: closer to the data)"):
+    """The paper's trade-off picture: one curve per label through its (w, FID, IS) points, FID against IS, each
+    point annotated with its w; returns the ax."""
+    for label, points in curves.items():
+        ws, fids, scores = zip(*points, strict=True)
+        ax.plot(scores, fids, "o-", ms=4, label=label)
+        for w, fid, score in points if annotate else ():
+            ax.annotate(f"w={w:g}", (score, fid), fontsize=7, textcoords="offset points", xytext=(3, 3))
+    ax.set(xlabel=xlabel, ylabel=ylabel)
+    if len(curves) > 1:
+        ax.legend(fontsize=8)
+    return ax
+
+
+def plot_distance_histograms(ax, distances: dict[str, torch.Tensor], xlabel: str, bins: int = 30):
+    """One step histogram (density, log scale) per named set of distances, on shared bins; returns the ax."""
+    upper = max(d.max().item() for d in distances.values())
+    for name, d in distances.items():
+        ax.hist(d.numpy(), bins=bins, range=(0, upper), histtype="step", density=True, label=name)
+    ax.set(yscale="log", xlabel=xlabel, ylabel="density")
+    ax.legend(fontsize=8)
+    return ax
+
+
 def plot_tradeoff(sweep: Sweep, ax=None):
-    """FD against IS (Bayes): one curve per p_uncond (learned, largest T), the exact-ε* curve, and interval /
-    schedule points; w increases along each curve."""
+    """FD against IS (Bayes) of the toy sweep: one curve per p_uncond (learned, largest T) and the exact-ε* curve,
+    w increasing along each; the guidance interval and the linear w schedule as extra points."""
     ax = ax or plt.subplots(figsize=(6, 4.5))[1]
     T = max(sweep.config.steps)
-    curves = [(f"learned p_uncond={p:g}", sweep.select(model="learned", p_uncond=p, T=T), "-o")
-              for p in sweep.config.p_unconds]
-    curves += [("exact ε*", sweep.select(model="exact", sampler="ancestral-v0.3", T=T), "-k^"),
-               ("exact, guidance interval", sweep.select(model="exact", sampler="interval"), "s"),
-               ("exact, linear w schedule", sweep.select(model="exact", sampler="schedule"), "D")]
-    for label, rows, style in curves:
-        if rows:
-            ax.plot([r["is_bayes"] for r in rows], [r["fd"] for r in rows], style, label=label, ms=4)
-    ax.set_xlabel("IS with the exact Bayes posterior (higher: more class-typical)")
-    ax.set_ylabel("Fréchet distance to the data (lower: closer)")
+    rows = {f"learned p_uncond={p:g}": sweep.select(model="learned", p_uncond=p, T=T) for p in sweep.config.p_unconds}
+    rows["exact ε*"] = sweep.select(model="exact", sampler="ancestral-v0.3", T=T)
+    rows["exact, guidance interval"] = sweep.select(model="exact", sampler="interval")
+    rows["exact, linear w schedule"] = sweep.select(model="exact", sampler="schedule")
+    curves = {label: [(r["w"], r["fd"], r["is_bayes"]) for r in found] for label, found in rows.items() if found}
+    plot_fid_is(ax, curves, annotate=False, xlabel="IS with the exact Bayes posterior (higher: more class-typical)",
+                ylabel="Fréchet distance to the data (lower: closer)")
     ax.set_title(f"Guidance trade-off on the toy (w from {min(sweep.config.ws):g} to {max(sweep.config.ws):g})")
-    ax.legend(fontsize=8)
     return ax
 
 
@@ -157,7 +185,7 @@ def plot_boundary_push(sweep: Sweep, mixture: GaussianMixture, c: int = 0, ax=No
     ax = ax or plt.subplots(figsize=(6, 4))[1]
     bins = torch.linspace(0, 3, 61)
     for label, samples in sweep.boundary.items():
-        r = radial_distances(samples[c], mixture.means[c])
+        r = radial_distances(samples[c], mixture.class_moments(c)[0])
         ax.hist(r.numpy(), bins=bins.numpy(), density=True, histtype="step", lw=2 if label == "target" else 1,
                 color="k" if label == "target" else None, label=f"{label} (mean {r.mean():.2f})")
     ax.set_xlabel(f"distance from the class-{c} mean μ_{c}")

@@ -30,7 +30,7 @@ from .metrics import (
     inception_score,
     rank_and_world,
 )
-from .sampling import balanced_labels, sample_batches
+from .sampling import balanced_labels, run_precision, sample_batches
 
 Extractor = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # images in [−1, 1] -> (features, logits)
 PaperTable = Mapping[float, Mapping[float, tuple[float, float]]]  # p_uncond -> w -> (FID, IS)
@@ -127,10 +127,13 @@ def floor_columns(protocol: Protocol, model: nn.Module, reference: Moments, n: i
 def guidance_sweep(model: nn.Module, ws: list[float], protocol: Protocol, *, n: int | None = None,
                    per_class: int | None = None, steps: int | None = None, seed: int = 0, method: str = "ancestral",
                    v: float = 0.3, batch_size: int = 500, floor_repeats: int = 5, grid: tuple[int, int] = (0, 0),
-                   run_config: dict | None = None, progress: bool = True) -> tuple[dict, dict[float, torch.Tensor]]:
-    """Sample n class-balanced labels (default per_class per class, in class blocks) at each w and score them.
+                   run_config: dict | None = None, precision: str = "fp32",
+                   progress: bool = True) -> tuple[dict, dict[float, torch.Tensor]]:
+    """Sample n class-balanced labels (default per_class per class, in class blocks) at each w, with the network at
+    `precision` (cfgedu.core.tensors.at_precision), and score them.
 
-    Returns ({"protocol", "n", "steps", "method", "v", "seed", ["fid_floor", "fid_floor_std",] "rows"}, grids): one
+    Returns ({"protocol", "n", "steps", "method", "v", "seed", "precision", ["fid_floor", "fid_floor_std",] "rows"},
+    grids): one
     row {"w", "n", "fid", "is", "is_std"[, accuracy columns]} per w, and for grid = (classes, columns) the first
     samples of the first classes, {w: (classes, columns, C, H, W)}. Every w draws the same noise, so the rows differ
     only by guidance.
@@ -143,15 +146,16 @@ def guidance_sweep(model: nn.Module, ws: list[float], protocol: Protocol, *, n: 
     keep = grid_mask(mine, min(grid[0], model.num_classes), grid[1])
     grid_shape = (len(mine[keep].unique()), -1) if keep.any() else (0, 0)  # (classes, columns)
     floor = floor_columns(protocol, model, reference, n, floor_repeats, seed)
-    draw = partial(sample_batches, model, mine, steps=steps, method=method, v=v, batch_size=batch_size)
+    draw = partial(sample_batches, model, mine, steps=steps, method=method, v=v, batch_size=batch_size,
+                   precision=precision)
     device, rows, grids = next(model.parameters()).device, [], {}
     with progress_bar(len(ws) * len(mine), progress) as bar:
         for w in ws:
             batches, kept = draw(w, generator=make_generator(my_seed, device)), []
             rows.append({"w": float(w), **score_samples(protocol, tap(batches, keep, kept, bar), labels, reference)})
             grids[w] = torch.cat(kept).unflatten(0, grid_shape)
-    return ({"protocol": protocol.name, "n": n, "steps": steps, "method": method, "v": v, "seed": seed, **floor,
-             "rows": rows}, grids if keep.any() else {})
+    return ({"protocol": protocol.name, "n": n, "steps": steps, "method": method, "v": v, "seed": seed,
+             "precision": precision, **floor, "rows": rows}, grids if keep.any() else {})
 
 
 def progress_bar(total: int, show: bool):
@@ -226,16 +230,18 @@ def join_processes() -> torch.device:
 
 
 def evaluate_checkpoint(run: Path, protocol: Protocol, ws: list[float], *, progress: bool = True,
-                        **options) -> Evaluation:
-    """The guidance sweep of a training folder (or its checkpoint.pt) from its EMA weights; `options` are
-    guidance_sweep's. Under torchrun every process takes its share of the samples."""
+                        precision: str | None = None, **options) -> Evaluation:
+    """The guidance sweep of a training folder (or its checkpoint.pt) from its EMA weights, at `precision` (default:
+    the run's, sampling.run_precision); `options` are guidance_sweep's. Under torchrun every process takes its share
+    of the samples."""
     from ..engine.runs import load_checkpoint_model
 
     run = Path(run)
     folder = run.parent if run.suffix == ".pt" else run
-    model = load_checkpoint_model(run, use_ema=True).to(join_processes())
+    model = load_checkpoint_model(run, use_ema=True, kinds=("unet",)).to(join_processes())
     config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
-    result, grids = guidance_sweep(model, ws, protocol, run_config=config, progress=progress, **options)
+    result, grids = guidance_sweep(model, ws, protocol, run_config=config, progress=progress,
+                                   precision=precision or run_precision(run), **options)
     result = {"checkpoint": str(run), **result, "p_uncond": config.get("train", {}).get("p_uncond")}
     return Evaluation(result, result_table(result, protocol), grids if rank_and_world()[0] == 0 else {})
 

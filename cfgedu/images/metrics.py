@@ -158,3 +158,10 @@ def fid_floor(pool_features: torch.Tensor, reference: Moments, n: int, repeats: 
 
     draws = [frechet_distance(FeatureStats.of(subset()), reference) for _ in range(repeats)]
     return float(np.mean(draws)), float(np.std(draws))
+
+
+def nearest_distances(images: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Euclidean distance from each image (N, *shape) to its nearest image of `reference` (M, *shape), (N,): how far a
+    sample is from being a copy of a training image."""
+    flat, references = images.reshape(len(images), -1).double(), reference.reshape(len(reference), -1).double()
+    return torch.cdist(flat, references).min(1).values

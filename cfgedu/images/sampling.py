@@ -1,19 +1,26 @@
 """Class-conditional image sampling with CFG: Algorithm 2 (or DDIM) in batches, and class-by-row grids.
 
 Each sampling step runs one doubled batch (cond + null) through the network (guidance.guided); x̂ is
-clipped to the data range [−1, 1] at every step, as ADM does (`clip_denoised=True`).
+clipped to the data range [−1, 1] at every step, as ADM does (`clip_denoised=True`). At precision "bf16" only the
+network runs under autocast, as in training: the sampler's state (z, the λ grid, the Gaussian updates) and ε stay
+float32.
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..core.checks import check_finite, check_positive_int
+from ..core.checks import check_choice, check_finite, check_positive_int
 from ..core.guidance import guided
 from ..core.samplers import sample
 from ..core.schedule import LogSNRSchedule
+from ..core.tensors import at_precision
+from ..engine.config import PRECISIONS
+from ..engine.runs import CONFIG_JSON
 
 DEFAULT_SCHEDULE = LogSNRSchedule()  # λ on [−20, 20]
 
@@ -30,18 +37,28 @@ def balanced_labels(n: int, num_classes: int) -> torch.Tensor:
     return torch.arange(n) * num_classes // n
 
 
+def run_precision(run: Path) -> str:
+    """The precision a run folder (or its checkpoint.pt) was trained at: its config.json's train.precision, "fp32"
+    for a run without one."""
+    run = Path(run)
+    record = (run.parent if run.suffix == ".pt" else run) / CONFIG_JSON
+    return json.loads(record.read_text()).get("train", {}).get("precision", "fp32") if record.is_file() else "fp32"
+
+
 def sample_batches(model: torch.nn.Module, labels: torch.Tensor, w: float, *, generator: torch.Generator,
                    steps: int = 128, method: str = "ancestral", v: float = 0.3, batch_size: int = 500,
-                   clip_x: float | None = 1.0, schedule: LogSNRSchedule = DEFAULT_SCHEDULE,
+                   clip_x: float | None = 1.0, schedule: LogSNRSchedule = DEFAULT_SCHEDULE, precision: str = "fp32",
                    progress: bool = False) -> Iterator[torch.Tensor]:
-    """Guided samples (B, C, H, W) on the CPU for labels.split(batch_size) in turn, all drawing from `generator`."""
+    """Guided samples (B, C, H, W) on the CPU for labels.split(batch_size) in turn, all drawing from `generator`,
+    with the network at `precision` (cfgedu.core.tensors.at_precision): the sampler itself stays float32."""
     w, batch_size = check_finite("w", w), check_positive_int("batch_size", batch_size)
-    eps_model = guided(model, w)
+    check_choice("precision", precision, PRECISIONS)
+    eps_model = guided(at_precision(model, precision), w, null_label=model.num_classes)
     for chunk in labels.split(batch_size):
-        with torch.no_grad():
+        with torch.inference_mode():
             images = sample(eps_model, model.config.data_shape, chunk, generator=generator, schedule=schedule,
                             steps=steps, v=v, method=method, clip_x=clip_x, progress=progress)
-        yield images.float().cpu()
+        yield images.to("cpu", copy=True)  # a copy made outside inference mode: an ordinary tensor
 
 
 def sample_images(model: torch.nn.Module, labels: torch.Tensor, w: float, *, seed: int = 0,

@@ -1,15 +1,15 @@
 """Toy networks for 2D data: an ε-output MLP (free to be non-conservative) and an energy MLP (conservative).
 
 Both read z, smooth features of λ and a class embedding with a null row ∅ = num_classes. Both are
-preconditioned around the score of N(0, s²I) data (s = data_std), which the exact ε* approaches at both ends:
+preconditioned around the score of N(0, d²I) data (d = data_std), which the exact ε* approaches at both ends:
 
-    ε_θ(z, λ, c) = σ_λ · (κ_λ z + α_λ F_θ(z, λ, c)),   κ_λ = 1/(α_λ² s² + σ_λ²).
+    ε_θ(z, λ, c) = σ_λ · (κ_λ z + α_λ F_θ(z, λ, c)),   κ_λ = 1/(α_λ² d² + σ_λ²).
 
 - The trunk's target F is O(1) at every λ for data with a non-degenerate covariance (for the toy,
   F* = (κ_c − κ) z/α − κ_c μ_c with κ_c = 1/(α²τ² + σ²)), so one small MLP fits pure noise and clean data.
 - The class enters only through α·F: as α → 0 the model's ε(z, c) − ε(z, ∅) vanishes like α, as the exact
   one does. Without this, Algorithm 2's first steps (α_λ ≈ 5e−5 at λ = −20) divide the guided ε's class
-  error by α in x̂ = (z − σ ε̃)/α and large-w samples fly off; here x̂ = αs²κ z − σ²F stays bounded.
+  error by α in x̂ = (z − σ ε̃)/α and large-w samples fly off; here x̂ = αd²κ z − σ²F stays bounded.
 
 - EpsMLP:    F_θ: R^2 → R^2 unconstrained (its Jacobian need not be symmetric): the paper's kind of network.
 - EnergyMLP: ε_θ = σ_λ ∇_z U_θ with U_θ = κ‖z‖²/2 + α E_θ(z, λ, c), E_θ scalar; score = −∇_z U_θ is a
@@ -41,7 +41,7 @@ class MLPConfig:
     class_dim: int = 32
     lambda_frequencies: int = 4  # sin/cos(k·π·u(λ)) for k = 1..lambda_frequencies, plus λ/lambda_scale
     lambda_scale: float = 20.0
-    data_std: float = 1.0  # s of the preconditioner: roughly the data's standard deviation per coordinate
+    data_std: float = 1.0  # d of the preconditioner: roughly the data's standard deviation per coordinate
 
     def __post_init__(self):
         for name in ("num_classes", "data_dim", "width", "depth", "class_dim", "lambda_frequencies"):
@@ -102,7 +102,7 @@ class _ToyMLP(nn.Module):
         return self.trunk(features)
 
     def _levels(self, lam: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(σ, α, κ = 1/(α²s² + σ²)), each (B, 1) in like's dtype."""
+        """(σ, α, κ = 1/(α²d² + σ²)), each (B, 1) in like's dtype."""
         alpha, sigma = alpha_sigma(lam.to(like.dtype))
         kappa = 1 / (alpha**2 * self.config.data_std**2 + sigma**2)
         return sigma[:, None], alpha[:, None], kappa[:, None]

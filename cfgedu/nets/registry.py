@@ -17,13 +17,16 @@ import torch
 from torch.nn.modules.module import register_module_parameter_registration_hook
 
 from ..core.configs import config_from_dict
+from .classifier import ClassifierConfig, NoisyClassifier
 from .mlp import EnergyMLP, EpsMLP, MLPConfig
 from .unet import UNet, UNetConfig
 
 # kind -> network class; each has a `Config` dataclass type and takes it as its only argument.
-MODEL_KINDS: dict[str, type[torch.nn.Module]] = {"unet": UNet, "mlp": EpsMLP, "energy": EnergyMLP}
+# A network's `objective` attribute names its training loss (cfgedu.core.losses.LOSSES); without one it is "eps".
+MODEL_KINDS: dict[str, type[torch.nn.Module]] = {"unet": UNet, "mlp": EpsMLP, "energy": EnergyMLP,
+                                                 "classifier": NoisyClassifier}
 MODEL_ENTRIES = ("kind", "config", "state_dict")
-NetConfig = MLPConfig | UNetConfig
+NetConfig = MLPConfig | UNetConfig | ClassifierConfig
 
 
 def network_class(kind: str) -> type[torch.nn.Module]:

@@ -55,26 +55,25 @@ def normalize(log_density: torch.Tensor, cell: float) -> torch.Tensor:
     return density / (density.sum() * cell**2)
 
 
-def tilted_log_density(mixture: GaussianMixture, points: torch.Tensor, c: int, w: float,
-                       lam: torch.Tensor | None = None) -> torch.Tensor:
-    """Unnormalised log π_w(x|c) = (1 + w) log p(x|c) − w log p(x) at level λ (None = data), shape (N,)."""
-    w = check_finite("w", w)
-    lam_batch = None if lam is None else torch.as_tensor(lam, dtype=torch.float64).expand(points.shape[0])
-    labels = torch.full((points.shape[0],), int(c), dtype=torch.long)
-    return (1 + w) * mixture.log_prob(points, lam_batch, labels) - w * mixture.log_prob(points, lam_batch)
-
-
-def tilted_densities(mixture: GaussianMixture, grid: Grid2D, w: float, lam: float | None = None) -> torch.Tensor:
-    """The normalised guided conditionals π_w(x|c) for every class on the grid, float64 (K, n, n) [c, y, x]."""
-    points = grid.points()
+def cfg_densities(mixture: GaussianMixture, grid: Grid2D, w: float, lam: float | None = None) -> torch.Tensor:
+    """ρ_λ(z|c) ∝ p_λ(z|c)^{1+w} p_λ(z)^{−w} for every class, normalised on the grid, float64 (K, n, n) [c, y, x]: the
+    densities whose scores exact-score CFG follows at level λ (None: the data level, where ρ is π_w)."""
+    w, points = check_finite("w", w), grid.points()
+    lam_batch = None if lam is None else torch.full((len(points),), float(lam), dtype=torch.float64)
     return torch.stack([
-        normalize(tilted_log_density(mixture, points, c, w, lam), grid.cell).reshape(grid.n, grid.n)
-        for c in range(mixture.num_classes)])
+        normalize(mixture.cfg_log_prob(points, lam_batch, torch.full((len(points),), c), w), grid.cell)
+        .reshape(grid.n, grid.n) for c in range(mixture.num_classes)])
+
+
+def tilted_densities(mixture: GaussianMixture, grid: Grid2D, w: float) -> torch.Tensor:
+    """The tilted targets π_w(x|c) ∝ p(x|c)·p(c|x)^w ∝ p(x|c)^{1+w} p(x)^{−w} of every class (Figure 2's guided
+    conditionals), normalised on the grid, float64 (K, n, n) [c, y, x]."""
+    return cfg_densities(mixture, grid, w)
 
 
 def mix(mixture: GaussianMixture, densities: torch.Tensor) -> torch.Tensor:
     """Σ_c π_c densities[c]: the mixture of guided conditionals shown in Figure 2, (n, n)."""
-    return torch.einsum("k,kyx->yx", mixture.weights, densities)
+    return torch.einsum("k,kyx->yx", mixture.class_weights, densities)
 
 
 def moments(grid: Grid2D, density: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor]:
@@ -94,8 +93,9 @@ def grid_values(field: Callable[[torch.Tensor], torch.Tensor], grid: Grid2D) -> 
 
 
 def jacobian_fd(values: torch.Tensor, grid: Grid2D) -> torch.Tensor:
-    """J by central differences on the grid (one-sided at the edges), (n·n, 2, 2) row-major like grid.points()."""
-    d_dy, d_dx = torch.gradient(values, spacing=grid.cell, dim=(0, 1))  # (n, n, 2) each
+    """J by central differences on the grid, second-order one-sided at the edges (so the error is O(Δ²)
+    everywhere; needs n >= 3), (n·n, 2, 2) row-major like grid.points()."""
+    d_dy, d_dx = torch.gradient(values, spacing=grid.cell, dim=(0, 1), edge_order=2)  # (n, n, 2) each
     return torch.stack([d_dx, d_dy], dim=-1).reshape(-1, 2, 2)  # J[..., i, j] = ∂f_i/∂z_j
 
 

@@ -77,7 +77,8 @@ class HelmholtzHodge:
 def helmholtz_hodge(values: torch.Tensor, grid: Grid2D) -> HelmholtzHodge:
     """Split a field sampled at the grid's cell centres, values (n, n, 2) [y, x, component]."""
     if values.shape != (grid.n, grid.n, 2) or grid.n < 3:
-        raise ValueError(f"values must have shape ({grid.n}, {grid.n}, 2) on a grid with n >= 3, got {tuple(values.shape)}")
+        raise ValueError(f"values must have shape ({grid.n}, {grid.n}, 2) on a grid with n >= 3, "
+                         f"got {tuple(values.shape)}")
     values, h = values.to(torch.float64), grid.cell
     fx, fy = _faces(values)
     inner_x, inner_y = fx.clone(), fy.clone()

@@ -51,6 +51,14 @@ class IdealTiltedModel:
         """The sampling schedule ending where the quadrature stops being trusted (the Tweedie jump)."""
         return LogSNRSchedule(lambda_min, self.lambda_max)
 
+    def noised_density(self, grid: Grid2D, lam: float, c: int) -> torch.Tensor:
+        """π_{w,λ}(z|c), π_w pushed through the forward process to level λ, on `grid` (c = K: the mixture of the
+        classes), float64 (n, n) [y, x]: Σ_ij P[j, i] φ_σ(z₂ − α y_j) φ_σ(z₁ − α x_i), two matrix products."""
+        alpha, sigma = alpha_sigma(torch.tensor(float(check_finite("lam", lam)), dtype=torch.float64))
+        offsets = grid.axis[:, None] - alpha * self.grid.axis[None]  # (n_out, n): z − α·node along one axis
+        kernel = torch.exp(-offsets.square() / (2 * sigma**2)) / (math.sqrt(2 * math.pi) * sigma)
+        return kernel @ self.masses[c] @ kernel.T
+
     def _weights(self, coordinate: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
         """exp(−(z/α − node)²/(2(σ/α)²)) over the grid axis, scaled so each row's maximum is 1, (B, n)."""
         log_w = -(coordinate[:, None] - self.grid.axis[None]).square() / (2 * ratio[:, None] ** 2)

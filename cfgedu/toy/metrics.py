@@ -59,6 +59,22 @@ def frechet_distance(samples: torch.Tensor, ref_mean: torch.Tensor, ref_cov: tor
     return frechet_gaussians(*gaussian_fit(samples), ref_mean, ref_cov)
 
 
+def class_variance(samples: torch.Tensor) -> float:
+    """The variance per coordinate of samples (N, D), averaged over the D coordinates: tr(Cov)/D (0.36 for a class
+    of the three-Gaussian toy)."""
+    return (torch.trace(gaussian_fit(samples)[1]) / samples.shape[1]).item()
+
+
+def mode_shares(mixture: GaussianMixture, c: int, points: torch.Tensor,
+                weights: torch.Tensor | None = None) -> torch.Tensor:
+    """How much of class c's mass sits at each of its modes: points (N, D) (with weights (N,), e.g. a grid density)
+    assigned to the nearest mean of the class's components; fractions (modes,)."""
+    means = mixture.means[mixture.members[c]]  # (modes, D)
+    nearest = torch.cdist(_points("points", points, 1), means).argmin(1)  # (N,)
+    weights = torch.ones(len(points), dtype=torch.float64) if weights is None else weights.to(torch.float64)
+    return torch.bincount(nearest, weights, minlength=len(means)) / weights.sum()
+
+
 def mixture_moments(mixture: GaussianMixture) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean (D,) and covariance (D, D) of the whole mixture: Σπ_c μ_c and Σπ_c(Σ_c + μ_cμ_cᵀ) − μμᵀ."""
     mean = mixture.weights @ mixture.means
@@ -68,8 +84,8 @@ def mixture_moments(mixture: GaussianMixture) -> tuple[torch.Tensor, torch.Tenso
 
 
 def frechet_per_class(mixture: GaussianMixture, samples: torch.Tensor) -> list[float]:
-    """FD of each class's samples samples[c] (K, N, D) against the exact p(x|c) = N(μ_c, Σ_c)."""
-    return [frechet_distance(samples[c], mixture.means[c], mixture.covariances[c]) for c in range(len(samples))]
+    """FD of each class's samples samples[c] (K, N, D) against the moments of the exact p(x|c)."""
+    return [frechet_distance(samples[c], *mixture.class_moments(c)) for c in range(len(samples))]
 
 
 def frechet_pooled(mixture: GaussianMixture, samples: torch.Tensor, labels: torch.Tensor | None = None) -> float:
@@ -82,8 +98,8 @@ def frechet_pooled(mixture: GaussianMixture, samples: torch.Tensor, labels: torc
         return frechet_distance(samples, *mixture_moments(mixture))
     fits = [gaussian_fit(samples[labels == c]) for c in range(mixture.num_classes)]
     means = torch.stack([m for m, _ in fits])  # (K, D)
-    mean = mixture.weights @ means
-    second = sum(p * (cov + torch.outer(m, m)) for p, (m, cov) in zip(mixture.weights, fits, strict=True))
+    mean = mixture.class_weights @ means
+    second = sum(p * (cov + torch.outer(m, m)) for p, (m, cov) in zip(mixture.class_weights, fits, strict=True))
     return frechet_gaussians(mean, second - torch.outer(mean, mean), *mixture_moments(mixture))
 
 

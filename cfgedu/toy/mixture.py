@@ -1,8 +1,10 @@
 """An exact Gaussian mixture at every noise level: densities, posteriors, scores and the optimal ε*.
 
-x|c ~ N(μ_c, Σ_c) with weights π_c. At log-SNR λ, z = α x + σ ε has p_λ(z|c) = N(z; α μ_c, α² Σ_c + σ² I).
-Everything is computed in float64 from one eigendecomposition Σ_c = U_c diag(ℓ_c) U_cᵀ, so that
-V_c = α² Σ_c + σ² I has eigenvalues α² ℓ + σ² in the same basis.
+Components k = 1..M, x|k ~ N(μ_k, Σ_k) with weights w_k, each belonging to a class c(k); by default every component is
+its own class. A class's density is the mixture of its components, p(x|c) = Σ_{k∈c} w_k N(x; μ_k, Σ_k) / π_c with
+π_c = Σ_{k∈c} w_k. At log-SNR λ, z = α x + σ ε has p_λ(z|k) = N(z; α μ_k, α² Σ_k + σ² I). Everything is computed from
+one eigendecomposition Σ_k = U_k diag(ℓ_k) U_kᵀ, so that V_k = α² Σ_k + σ² I has eigenvalues α² ℓ + σ² in the same
+basis: in float64, except the eps_model call, which computes in z's dtype (a float32 sampler's steps in float32).
 """
 from __future__ import annotations
 
@@ -16,15 +18,19 @@ from ..core.schedule import alpha_sigma
 
 
 class GaussianMixture:
-    """K components in D dimensions. As an eps_model, label c < K gives ε*(z, c) and c = K (∅) gives ε*(z)."""
+    """M Gaussian components in D dimensions grouped into K classes (`classes[k]` is component k's class; default:
+    one component per class). As an eps_model, label c < K gives ε*(z, c) and c = K (∅) gives ε*(z)."""
 
-    def __init__(self, weights, means, covariances):
-        self.weights = torch.as_tensor(weights, dtype=torch.float64)  # (K,)
-        self.means = torch.as_tensor(means, dtype=torch.float64)  # (K, D)
-        self.covariances = torch.as_tensor(covariances, dtype=torch.float64)  # (K, D, D)
+    def __init__(self, weights, means, covariances, classes=None):
+        self.weights = torch.as_tensor(weights, dtype=torch.float64)  # (M,)
+        self.means = torch.as_tensor(means, dtype=torch.float64)  # (M, D)
+        self.covariances = torch.as_tensor(covariances, dtype=torch.float64)  # (M, D, D)
         self._validate()
         self.weights = self.weights / self.weights.sum()
-        self.eigenvalues, self.eigenvectors = torch.linalg.eigh(self.covariances)  # (K, D), (K, D, D)
+        self.classes = self._check_classes(classes)  # (M,) long
+        self.members = self.classes[None] == torch.arange(self.num_classes)[:, None]  # (K, M): component k in class c
+        self.class_weights = self.members.double() @ self.weights  # (K,): π_c
+        self.eigenvalues, self.eigenvectors = torch.linalg.eigh(self.covariances)  # (M, D), (M, D, D)
 
     def _validate(self):
         K = self.weights.shape[0] if self.weights.ndim == 1 else -1
@@ -41,6 +47,17 @@ class GaussianMixture:
         if (torch.linalg.eigvalsh(self.covariances) <= 0).any():
             raise ValueError("covariances must be positive definite")
 
+    def _check_classes(self, classes) -> torch.Tensor:
+        """Each component's class: 0..K−1 with every class present (default: component k is class k)."""
+        if classes is None:
+            return torch.arange(len(self.weights))
+        classes = torch.as_tensor(classes, dtype=torch.long)
+        if classes.shape != self.weights.shape or classes.min() < 0 or \
+                set(classes.tolist()) != set(range(int(classes.max()) + 1)):
+            raise ValueError(f"classes must give each of the {len(self.weights)} components a class 0..K−1, every "
+                             f"class used; got {classes.tolist()}")
+        return classes
+
     @classmethod
     def three_gaussians(cls, radius: float = 1.0, std: float = 0.6) -> GaussianMixture:
         """cfgedu's Figure 2 toy (our choice; the paper gives no parameters): equal weights, isotropic std,
@@ -49,56 +66,89 @@ class GaussianMixture:
         means = radius * torch.stack([torch.cos(angles), torch.sin(angles)], dim=1)
         return cls(torch.ones(3), means, std**2 * torch.eye(2, dtype=torch.float64).expand(3, 2, 2))
 
+    @classmethod
+    def two_modes(cls, std: float = 0.45) -> GaussianMixture:
+        """A toy where class 0 has two modes, at (−1.5, 0) and (1.5, 0), and class 1 sits near the right one, at
+        (0.9, −1.2): guidance decides which mode a class-0 sample joins (notebook 04's guidance interval)."""
+        means = torch.tensor([[-1.5, 0.0], [1.5, 0.0], [0.9, -1.2]], dtype=torch.float64)
+        return cls(torch.tensor([0.25, 0.25, 0.5]), means, std**2 * torch.eye(2, dtype=torch.float64).expand(3, 2, 2),
+                   classes=[0, 0, 1])
+
     @property
     def num_classes(self) -> int:
-        return self.weights.shape[0]
+        return int(self.classes.max()) + 1
 
     @property
     def dim(self) -> int:
         return self.means.shape[1]
 
     def to_dict(self) -> dict:
-        return {"weights": self.weights.tolist(), "means": self.means.tolist(),
-                "covariances": self.covariances.tolist()}
+        record = {"weights": self.weights.tolist(), "means": self.means.tolist(),
+                  "covariances": self.covariances.tolist()}
+        return record if self.num_classes == len(self.weights) else {**record, "classes": self.classes.tolist()}
+
+    def class_moments(self, c: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean (D,) and covariance (D, D) of p(x|c), a mixture of the class's components."""
+        w = self.weights * self.members[c] / self.class_weights[c]  # (M,): zero outside the class
+        mean = w @ self.means
+        second = torch.einsum("k,kde->de", w, self.covariances + self.means[:, :, None] * self.means[:, None, :])
+        return mean, second - torch.outer(mean, mean)
 
     # ---- the noised mixture at level λ (lam=None means the clean data, α = 1, σ = 0) ----
 
-    def _levels(self, z: torch.Tensor, lam: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(α, σ) of shape (B, 1, 1) in float64."""
+    def _levels(self, z: torch.Tensor, lam: torch.Tensor | None,
+                dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """(α, σ) of shape (1, 1, B), or (1, 1, 1) when every sample is at one level (a sampler's step, where each
+        level's variances are then computed once rather than once per sample)."""
         if lam is None:
-            return torch.ones(z.shape[0], 1, 1, dtype=torch.float64), torch.zeros(z.shape[0], 1, 1, dtype=torch.float64)
+            return torch.ones(1, 1, 1, dtype=dtype), torch.zeros(1, 1, 1, dtype=dtype)
         check_batch(z, lam)
-        alpha, sigma = alpha_sigma(lam.to(torch.float64))
-        return alpha[:, None, None], sigma[:, None, None]
+        lam = lam.to(dtype)
+        alpha, sigma = alpha_sigma(lam[:1] if bool((lam == lam[:1]).all()) else lam)
+        return alpha[None, None], sigma[None, None]
 
-    def _whitened(self, z: torch.Tensor, lam: torch.Tensor | None):
-        """Residuals in each component's eigenbasis: y = U_cᵀ(z − α μ_c) and the variances α² ℓ + σ²."""
+    def _whitened(self, z: torch.Tensor, lam: torch.Tensor | None, dtype: torch.dtype = torch.float64):
+        """Residuals in each component's eigenbasis, y = U_kᵀ(z − α μ_k), their variances α² ℓ + σ² and σ, computed
+        in dtype. The batch is the last axis, (M, D, B), so that sums over components and dimensions run along it."""
         if z.ndim != 2 or z.shape[1] != self.dim:
             raise ValueError(f"z must have shape (B, {self.dim}), got {tuple(z.shape)}")
-        alpha, sigma = self._levels(z, lam)
-        residual = z.to(torch.float64)[:, None, :] - alpha * self.means[None]  # (B, K, D): z − α μ_c
-        y = torch.einsum("bkd,kde->bke", residual, self.eigenvectors)  # (B, K, D)
-        variance = alpha**2 * self.eigenvalues[None] + sigma**2  # (B, K, D)
+        alpha, sigma = self._levels(z, lam, dtype)
+        rotate = self.eigenvectors.mT.to(dtype)  # (M, D, D): U_kᵀ
+        y = rotate @ z.to(dtype).T - alpha * (rotate @ self.means[:, :, None].to(dtype))  # (M, D, B)
+        variance = alpha**2 * self.eigenvalues[:, :, None].to(dtype) + sigma**2  # (M, D, B), or (M, D, 1) at one level
         return y, variance, sigma
 
-    def _gaussian_log_prob(self, y: torch.Tensor, variance: torch.Tensor) -> torch.Tensor:
-        """log N for whitened residuals y and variances (B, K, D), shape (B, K)."""
-        return -0.5 * (self.dim * math.log(2 * math.pi) + variance.log().sum(-1) + (y**2 / variance).sum(-1))
+    def _gaussian_log_prob(self, y: torch.Tensor, variance: torch.Tensor,
+                           precision_y: torch.Tensor | None = None) -> torch.Tensor:
+        """log N for whitened residuals y and variances (M, D, B) (and y / variance, when at hand), shape (M, B)."""
+        precision_y = y / variance if precision_y is None else precision_y
+        return -0.5 * (self.dim * math.log(2 * math.pi) + variance.log().sum(1) + (y * precision_y).sum(1))
 
     def log_prob_components(self, z: torch.Tensor, lam: torch.Tensor | None = None) -> torch.Tensor:
-        """log p_λ(z|c) for every c, shape (B, K)."""
+        """log p_λ(z|k) for every component k, shape (B, M)."""
         y, variance, _ = self._whitened(z, lam)
-        return self._gaussian_log_prob(y, variance)
+        return self._gaussian_log_prob(y, variance).T
+
+    def _class_log_joint(self, z: torch.Tensor, lam: torch.Tensor | None) -> torch.Tensor:
+        """log π_c p_λ(z|c) = logsumexp over the class's components of log w_k p_λ(z|k), shape (K, B)."""
+        y, variance, _ = self._whitened(z, lam)
+        component_log_joint = self._gaussian_log_prob(y, variance) + self.weights.log()[:, None]  # (M, B)
+        masked = component_log_joint[None].masked_fill(~self.members[:, :, None], -torch.inf)  # (K, M, B)
+        return torch.logsumexp(masked, dim=1)
+
+    def log_prob_classes(self, z: torch.Tensor, lam: torch.Tensor | None = None) -> torch.Tensor:
+        """log p_λ(z|c) for every class c, shape (B, K)."""
+        return (self._class_log_joint(z, lam) - self.class_weights.log()[:, None]).T
 
     def log_prob(self, z: torch.Tensor, lam: torch.Tensor | None = None, c: torch.Tensor | None = None) -> torch.Tensor:
         """log p_λ(z|c) for labels c of shape (B,) (c = K or None gives the marginal log p_λ(z)), shape (B,)."""
-        log_joint = self.log_prob_components(z, lam) + self.weights.log()  # (B, K)
-        marginal = torch.logsumexp(log_joint, dim=1)
+        log_joint = self._class_log_joint(z, lam)  # (K, B)
+        marginal = torch.logsumexp(log_joint, dim=0)
         if c is None:
             return marginal
         check_labels(c, self.num_classes, batch=z.shape[0])
-        conditional = (log_joint - self.weights.log()).gather(1, c.clamp(max=self.num_classes - 1)[:, None])[:, 0]
-        return torch.where(c == self.num_classes, marginal, conditional)
+        conditional = (log_joint - self.class_weights.log()[:, None]).gather(0, c.clamp(max=self.num_classes - 1)[None])
+        return torch.where(c == self.num_classes, marginal, conditional[0])
 
     def cfg_log_prob(self, z: torch.Tensor, lam: torch.Tensor | None, c: torch.Tensor, w: float) -> torch.Tensor:
         """Unnormalised log ρ_λ(z|c) = (1 + w) log p_λ(z|c) − w log p_λ(z), whose gradient is the exact CFG score at
@@ -108,25 +158,41 @@ class GaussianMixture:
 
     def posterior(self, z: torch.Tensor, lam: torch.Tensor | None = None) -> torch.Tensor:
         """p_λ(c|z) = softmax_c[log π_c + log p_λ(z|c)], shape (B, K)."""
-        return torch.softmax(self.log_prob_components(z, lam) + self.weights.log(), dim=1)
+        return torch.softmax(self._class_log_joint(z, lam), dim=0).T
 
-    def eps_components(self, z: torch.Tensor, lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """ε*(z, c) = σ V_c^{−1}(z − α μ_c) for every c, (B, K, D), and the posterior p_λ(c|z), (B, K)."""
-        y, variance, sigma = self._whitened(z, lam)
-        posterior = torch.softmax(self._gaussian_log_prob(y, variance) + self.weights.log(), dim=1)
-        return sigma * torch.einsum("bke,kde->bkd", y / variance, self.eigenvectors), posterior
+    def eps_components(self, z: torch.Tensor, lam: torch.Tensor,
+                       dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
+        """ε*(z, k) = σ V_k^{−1}(z − α μ_k) = σ U_k (y / variance) for every component, (M, D, B) with the batch last,
+        and log w_k p_λ(z|k), (M, B)."""
+        y, variance, sigma = self._whitened(z, lam, dtype)
+        precision_y = y / variance  # (M, D, B): U_kᵀ V_k^{−1}(z − α μ_k)
+        log_joint = self._gaussian_log_prob(y, variance, precision_y) + self.weights.log().to(dtype)[:, None]
+        return sigma * (self.eigenvectors.to(dtype) @ precision_y), log_joint
 
-    def eps(self, z: torch.Tensor, lam: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """ε*(z, c) for labels c (B,), with c = K giving ε*(z) = Σ_c p_λ(c|z) ε*(z, c); float64 (B, D)."""
+    def eps(self, z: torch.Tensor, lam: torch.Tensor, c: torch.Tensor,
+            dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        """ε*(z, c) = Σ_{k∈c} p_λ(k|z, c) ε*(z, k) for labels c (B,); c = K gives ε*(z), the sum over every
+        component; (B, D) computed in dtype."""
         check_labels(c, self.num_classes, batch=z.shape[0])
-        per_class, posterior = self.eps_components(z, lam)  # (B, K, D), (B, K)
-        marginal = torch.einsum("bk,bkd->bd", posterior, per_class)
-        conditional = per_class[torch.arange(z.shape[0]), c.clamp(max=self.num_classes - 1)]
-        return torch.where((c == self.num_classes)[:, None], marginal, conditional)
+        return self._class_eps(*self.eps_components(z, lam, dtype), c)
+
+    def _class_eps(self, per_component: torch.Tensor, log_joint: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """Σ_{k∈c} p_λ(k|z, c) ε*(z, k) from eps_components' (M, D, B) and (M, B), shape (B, D)."""
+        allowed = (self.classes[:, None] == c) | (c == self.num_classes)  # (M, B): the class's components (∅: all)
+        responsibility = torch.softmax(log_joint.masked_fill(~allowed, -torch.inf), dim=0)  # (M, B): p_λ(k|z, c)
+        return (responsibility[:, None] * per_component).sum(0).T
 
     def __call__(self, z: torch.Tensor, lam: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """The eps_model contract: ε*(z, λ, c) in z's dtype."""
-        return self.eps(z, lam, c).to(z.dtype)
+        """The eps_model contract: ε*(z, λ, c) computed in z's dtype (a float32 sampler gets float32 arithmetic; the
+        named methods compute in float64)."""
+        return self.eps(z, lam, c, dtype=z.dtype)
+
+    def cond_and_uncond(self, z: torch.Tensor, lam: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """ε*(z, c) and ε*(z) in z's dtype from one evaluation of the components, half the work of a doubled batch:
+        guided(mixture, w) calls this (cfgedu.core.guidance.cond_and_uncond)."""
+        check_labels(c, self.num_classes, batch=z.shape[0])
+        parts = self.eps_components(z, lam, z.dtype)
+        return self._class_eps(*parts, c), self._class_eps(*parts, torch.full_like(c, self.num_classes))
 
     def score(self, z: torch.Tensor, lam: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """∇_z log p_λ(z|c) = −ε*/σ (c = K for the marginal), float64 (B, D)."""
@@ -141,21 +207,26 @@ class GaussianMixture:
         """Tweedie's E[x|z_λ, c] = (z − σ ε*)/α, float64 (B, D)."""
         return eps_to_x(z.to(torch.float64), self.eps(z, lam, c), lam.to(torch.float64))
 
+    def _components(self, n: int, c: int | None, generator: torch.Generator) -> torch.Tensor:
+        """The components of n draws from p(x|c) (c None: from the whole mixture), (n,) long."""
+        if c is None:
+            return torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        check_labels(torch.tensor([int(c)]), self.num_classes, allow_null=False)
+        members = self.members[int(c)].nonzero()[:, 0]
+        if len(members) == 1:
+            return members.expand(n)
+        return members[torch.multinomial(self.weights[members], n, replacement=True, generator=generator)]
+
     def sample(self, n: int, c: int | None, generator: torch.Generator) -> torch.Tensor:
         """n clean draws from p(x|c), or from the mixture when c is None; float64 (n, D)."""
-        n = check_positive_int("n", n)
-        if c is None:
-            labels = torch.multinomial(self.weights, n, replacement=True, generator=generator)
-        else:
-            labels = torch.full((n,), int(c), dtype=torch.long)
-            check_labels(labels, self.num_classes, allow_null=False)
+        components = self._components(check_positive_int("n", n), c, generator)
         noise = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
-        scale = self.eigenvectors[labels] * self.eigenvalues[labels].sqrt()[:, None, :]  # (n, D, D): U diag(√ℓ)
-        return self.means[labels] + torch.einsum("nde,ne->nd", scale, noise)
+        scale = self.eigenvectors[components] * self.eigenvalues[components].sqrt()[:, None, :]  # (n, D, D): U diag(√ℓ)
+        return self.means[components] + torch.einsum("nde,ne->nd", scale, noise)
 
     def sample_labelled(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """n clean draws (x, c) ~ p(x, c): labels from the weights, then x ~ p(x|c); float64 (n, D) and (n,)."""
-        labels = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        """n clean draws (x, c) ~ p(x, c): labels from the class weights, then x ~ p(x|c); float64 (n, D) and (n,)."""
+        labels = torch.multinomial(self.class_weights, n, replacement=True, generator=generator)
         x = torch.empty(n, self.dim, dtype=torch.float64)
         for k in range(self.num_classes):
             chosen = labels == k

@@ -26,6 +26,7 @@ from .grid import Grid2D, HistogramTV, sample_from_grid, tilted_densities
 from .ideal import IdealTiltedModel
 from .metrics import (
     bayes_inception_score,
+    class_variance,
     fit_logistic_classifier,
     frechet_per_class,
     frechet_pooled,
@@ -173,6 +174,7 @@ class Evaluator:
                 "fd_class": sum(frechet_per_class(self.mixture, samples)) / K,
                 "kl_to_target": sum(kl_to_grid(self.histogram, samples[c], target[c]) for c in range(K)) / K,
                 "mmd2": mmd2_rbf(self.data, subset),
+                "class_variance": sum(class_variance(samples[c]) for c in range(K)) / K,
                 "entropy": sum(knn_entropy(samples[c]) for c in range(K)) / K}
 
 
@@ -201,7 +203,18 @@ def _jobs(config: SweepConfig, learned: dict[float, EpsModel]):
              for w in config.ideal_ws]
     jobs += [("exact", "", None, SamplerSpec("ancestral-v0.3+mala", corrector_steps=k), config.corrector_T, w, "mala")
              for w in config.corrector_ws for k in config.corrector_steps]
+    jobs += [("exact", "", None, SamplerSpec("ancestral-v0.3+mala@λmax", corrector_steps=k), config.corrector_T, w,
+              "mala-final") for w in config.corrector_ws for k in config.corrector_steps if k]
     return jobs
+
+
+def _final_mala(mixture: GaussianMixture, samples: torch.Tensor, w: float, steps: int, seed: int) -> torch.Tensor:
+    """`steps` MALA steps on π_w itself (at λ_max, where ρ_λ is π_w) applied to finished samples (K, N, 2)."""
+    K, n, _ = samples.shape
+    labels = torch.arange(K).repeat_interleave(n)
+    lam_max = torch.full((K * n,), LogSNRSchedule().lambda_max, dtype=torch.float64)
+    corrected = LangevinCorrector(mixture, w, steps)(samples.reshape(-1, 2), lam_max, labels, make_generator(seed))
+    return corrected.reshape(K, n, 2)
 
 
 def _run_job(mixture, config, evaluator, job) -> tuple[dict, torch.Tensor]:
@@ -217,9 +230,11 @@ def _run_job(mixture, config, evaluator, job) -> tuple[dict, torch.Tensor]:
     else:
         corrector = LangevinCorrector(mixture, w, spec.corrector_steps) if spec.corrector_steps else None
         samples = spec.samples(mixture, K, guidance_weight(spec, w), config.exact_samples_per_class, T, config.seed,
-                               corrector=corrector)
+                               corrector=None if kind == "mala-final" else corrector)
+        if kind == "mala-final":  # the same budget, K steps per level × T levels, spent only at λ_max
+            samples = _final_mala(mixture, samples, w, spec.corrector_steps * T, config.seed)
     row = {"model": name, "sampler": spec.name, "p_uncond": p_uncond, "T": T, "w": w, **evaluator(samples, w),
-           "corrector_steps": spec.corrector_steps if kind == "mala" else ""}
+           "corrector_steps": spec.corrector_steps if kind.startswith("mala") else ""}
     row["seconds"] = time.perf_counter() - start
     return row, samples
 
@@ -231,7 +246,7 @@ def _boundary_label(row: dict, config: SweepConfig) -> str | None:
     if row["sampler"] in ("ancestral-v0.3", "ddim", "ideal") and row["T"] == config.detail_steps:
         return f"{row['sampler']} T={row['T']}"
     if row["sampler"] == "ancestral-v0.3+mala" and row["corrector_steps"] == max(config.corrector_steps) > 0:
-        return f"ancestral-v0.3 T={row['T']} + MALA K={row['corrector_steps']}"
+        return f"ancestral-v0.3 T={row['T']} + MALA m={row['corrector_steps']}"
     return None
 
 

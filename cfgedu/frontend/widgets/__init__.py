@@ -13,22 +13,29 @@ Every slider panel registers a small factory in `BENCHMARKS` so `python -m cfged
 tests/test_browser.py drives every notebook whose source calls a `...Slider(`, `..._slider(` or `...Widget(`.
 """
 from .base import (
-                   BENCHMARKS,
-                   FigureView,
-                   GuidanceReadout,
-                   SliderPanel,
-                   guidance_label,
-                   lam_slider,
-                   level_label,
-                   single_threaded,
-                   slider_values,
-                   time_sliders,
-                   w_slider,
+    BENCHMARKS,
+    FigureView,
+    GuidanceReadout,
+    SliderPanel,
+    guidance_label,
+    lam_slider,
+    level_label,
+    single_threaded,
+    slider_values,
+    time_sliders,
+    w_slider,
 )
 from .images import LossCurve, SampleGridSlider, SampleGridWidget
-from .toy import CFGFieldWidget, Figure2Widget, ForwardProcessWidget, GuidanceIntervalWidget, ScoreFieldWidget
+from .toy import (
+    CFGFieldWidget,
+    Figure2Widget,
+    ForwardProcessWidget,
+    GuidanceFieldsWidget,
+    GuidanceIntervalWidget,
+    ScoreFieldWidget,
+)
 
 __all__ = ["BENCHMARKS", "CFGFieldWidget", "Figure2Widget", "FigureView", "ForwardProcessWidget",
-           "GuidanceIntervalWidget", "GuidanceReadout", "LossCurve", "SampleGridSlider", "SampleGridWidget",
-           "ScoreFieldWidget", "SliderPanel", "guidance_label", "lam_slider", "level_label", "single_threaded",
-           "slider_values", "time_sliders", "w_slider"]
+           "GuidanceFieldsWidget", "GuidanceIntervalWidget", "GuidanceReadout", "LossCurve", "SampleGridSlider",
+           "SampleGridWidget", "ScoreFieldWidget", "SliderPanel", "guidance_label", "lam_slider", "level_label",
+           "single_threaded", "slider_values", "time_sliders", "w_slider"]

@@ -40,6 +40,11 @@ class FigureView:
         self.image.value = buffer.getvalue()
 
 
+def png_base64(view: FigureView) -> str:
+    """The view's current figure as base64 PNG text, as a notebook stores an image output."""
+    return base64.b64encode(bytes(view.image.value)).decode()
+
+
 def w_slider(value: float = 1.0, low: float = -1.0, high: float = 16.0, step: float = 0.25,
              continuous_update: bool = True):
     """The guidance slider: the paper's w (w = 0 conditional, w = −1 unconditional), CSS class cfgedu-w-slider."""
@@ -107,8 +112,7 @@ class SliderPanel:
     def _repr_mimebundle_(self, **kwargs):
         """The live widget, and its current figure as a PNG for viewers without a kernel (a code host's notebook
         view); JupyterLab renders the widget."""
-        png = base64.b64encode(bytes(self.view.image.value)).decode()
-        return {**self.widget._repr_mimebundle_(**kwargs), "image/png": png}
+        return {**self.widget._repr_mimebundle_(**kwargs), "image/png": png_base64(self.view)}
 
 
 def lam_slider(value: float = 0.0, low: float = -10.0, high: float = 10.0, step: float = 0.25):

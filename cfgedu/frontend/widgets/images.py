@@ -1,11 +1,16 @@
 """Slider panels of image models (notebooks 05-06): class-by-row sample grids moved by w, and a live loss curve."""
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from pathlib import Path
+
 import torch
 
 from ...core.tensors import make_generator
+from ...engine.launch import read_new_metrics
 from ...images.sampling import image_grid, sample_images
-from .base import BENCHMARKS, FigureView, GuidanceReadout, SliderPanel, guidance_label, w_slider
+from .base import BENCHMARKS, FigureView, GuidanceReadout, SliderPanel, guidance_label, png_base64, w_slider
 
 
 class SampleGridWidget(SliderPanel):
@@ -37,7 +42,10 @@ class SampleGridWidget(SliderPanel):
 
 
 class LossCurve:
-    """An `on_log` callback for cfgedu.engine.loop.train that plots the loss as the records arrive (in place)."""
+    """An `on_log` callback for cfgedu.engine.loop.train that plots the loss as the records arrive (in place).
+
+    `show()` displays it in a notebook and keeps the displayed output up to date, so a saved notebook holds the final
+    curve as a PNG too (for viewers without a kernel)."""
 
     def __init__(self, title: str = "Algorithm 1 loss (ε-MSE)"):
         self.view = FigureView(1, panel_inches=3.4)
@@ -45,7 +53,16 @@ class LossCurve:
         (self.line,) = ax.plot([], [], color="tab:blue")
         ax.set(yscale="log", xlabel="step", title=title)
         self.steps, self.losses = [], []
+        self.handle = None
         self.view.figure.tight_layout()
+        self.view.refresh()
+
+    def show(self) -> LossCurve:
+        """Display the curve in the notebook, updated in place as records arrive."""
+        from IPython.display import display
+
+        self.handle = display(self, display_id=True)
+        return self
 
     def __call__(self, record: dict) -> None:
         self.steps.append(record["step"])
@@ -54,9 +71,26 @@ class LossCurve:
         self.line.axes.relim()
         self.line.axes.autoscale_view()
         self.view.refresh()
+        if self.handle is not None:
+            self.handle.update(self)
+
+    def follow(self, metrics: Path, running: Callable[[], bool], seconds: float, poll: float = 1.0) -> list[dict]:
+        """Plot the records a run appends to its metrics.jsonl (another process) while running() and at most `seconds`
+        long; returns every record read."""
+        records, offset, began = [], 0, time.monotonic()
+        while True:
+            still_running = running()  # read before the file, so the last records are never missed
+            new, offset = read_new_metrics(metrics, offset)
+            for record in new:
+                self(record)
+            records += new
+            if not still_running or time.monotonic() - began > seconds:
+                return records
+            time.sleep(poll)
 
     def _repr_mimebundle_(self, **kwargs):
-        return self.view.image._repr_mimebundle_(**kwargs)
+        """The live image widget, and the figure as a PNG for viewers without a kernel."""
+        return {**self.view.image._repr_mimebundle_(**kwargs), "image/png": png_base64(self.view)}
 
 
 class SampleGridSlider(SliderPanel):

@@ -5,23 +5,21 @@ from __future__ import annotations
 import ipywidgets
 import torch
 
-from ...core.guidance import interval_weight
+from ...core.guidance import classifier_guided, guided, interval_weight
 from ...core.schedule import q_sample
 from ...core.tensors import make_generator
 from ...nets.mlp import EpsMLP, MLPConfig
 from ...toy.fields import (
     as_float64,
     cfg_field,
-    curl_from_jacobian,
     implicit_classifier_gradient,
-    jacobian,
-    relative_curl,
+    level_field,
 )
 from ...toy.grid import Grid2D, HistogramTV, mix, normalize, tilted_densities
-from ...toy.metrics import bayes_inception_score, frechet_pooled
+from ...toy.metrics import bayes_inception_score, frechet_pooled, mode_shares
 from ...toy.mixture import GaussianMixture
 from ...toy.sampling import class_samples
-from ..plotting import density_image, histogram_density
+from ..plotting import density_image, histogram_density, normalised_curl
 from .base import (
     BENCHMARKS,
     FigureView,
@@ -137,7 +135,7 @@ class Figure2Widget(SliderPanel):
                  steps: int = 32, bins: int = 32, seed: int = 0):
         self.mixture, self.grid = mixture, grid or Grid2D.covering(mixture, n=6 * bins)
         points = self.grid.points()
-        self.log_conditional = mixture.log_prob_components(points).T  # (K, n*n): log p(x|c)
+        self.log_conditional = mixture.log_prob_classes(points).T  # (K, n*n): log p(x|c)
         self.log_classifier = mixture.posterior(points).log().T  # (K, n*n): log p(c|x)
         self.histogram, self.bins = HistogramTV(self.grid, bins), 2 * bins
         self.drawn = {w_: self._draw(w_, per_class, steps, seed) for w_ in sample_ws}  # w -> (samples, TV, floor)
@@ -172,68 +170,118 @@ class Figure2Widget(SliderPanel):
         self.image.axes.set_title(f"target Σπ_c π_w(x|c), {guidance_label(w)}", fontsize=8)
         nearest = min(self.drawn, key=lambda drawn_w: abs(drawn_w - w))
         samples, tv, floor = self.drawn[nearest]
-        shown = histogram_density(self.grid, samples, self.bins, self.mixture.weights)
+        shown = histogram_density(self.grid, samples, self.bins, self.mixture.class_weights)
         self.sample_image.set_data(shown.numpy())
         self.sample_image.set_clim(0, shown.max().item())
         self.sample_image.axes.set_title(f"exact-score CFG at w = {nearest:g}: TV {tv:.2f} (floor {floor:.2f})",
                                          fontsize=8)
 
 
+class CurlPanel:
+    """One axes of a field's normalised curl (colour, a fixed symmetric scale) under arrows of the guided score."""
+
+    def __init__(self, ax, grid: Grid2D, arrow_grid: Grid2D, limit: float, title: str):
+        h, tail = grid.half_width, arrow_grid.points().numpy()
+        self.grid, self.arrow_grid = grid, arrow_grid
+        self.image = ax.imshow(torch.zeros(grid.n, grid.n).numpy(), origin="lower", extent=(-h, h, -h, h),
+                               cmap="RdBu_r", vmin=-limit, vmax=limit)
+        self.arrows = ax.quiver(tail[:, 0], tail[:, 1], 0 * tail[:, 0], 0 * tail[:, 1], angles="xy",
+                                scale_units="xy", scale=1, width=0.006)
+        ax.set(xlim=(-h, h), ylim=(-h, h), aspect="equal", xticks=[], yticks=[])
+        ax.set_title(title, fontsize=9)
+
+    def show(self, field) -> float:
+        """Draw the field's normalised curl and its guided score −field/σ as arrows; returns its relative curl."""
+        curl, relative = normalised_curl(field, self.grid)
+        self.image.set_data(curl.numpy())
+        with torch.no_grad():
+            score = -field(self.arrow_grid.points())
+        self.arrows.set_UVC(*unit_arrows(score, 0.9 * self.arrow_grid.cell))
+        return relative
+
+
+def unit_arrows(values: torch.Tensor, longest: float) -> tuple:
+    """Arrow components (U, V) scaled so that the longest arrow is `longest` long."""
+    values = values * longest / values.norm(dim=1).max().clamp_min(1e-12)
+    return values[:, 0].numpy(), values[:, 1].numpy()
+
+
+def curl_limit(field, grid: Grid2D) -> float:
+    """A colour scale for normalised curls: the largest |curl| / mean‖J‖_F of the field."""
+    return max(normalised_curl(field, grid)[0].abs().max().item(), 1e-12)
+
+
 class CFGFieldWidget(SliderPanel):
-    """A learned model's CFG field ε̃ = (1 + w)ε(z, c) − wε(z, ∅) at level λ: its curl (colour) under arrows of
-    the guided score −ε̃/σ, beside the implicit classifier −(ε(z, c) − ε(z, ∅))/σ of the model (red) and the
-    exact ∇log p_λ(c|z) (blue). The readout gives w, s = 1 + w, λ and the relative curl."""
+    """A learned model's CFG field ε̃ = (1 + w)ε(z, c) − wε(z, ∅) at level λ: its curl over mean‖J‖_F (colour, one
+    scale for every w and λ, set by the largest w at the initial λ) under arrows of the guided score −ε̃/σ, beside
+    the implicit classifier −(ε(z, c) − ε(z, ∅))/σ of the model (red) and the exact ∇log p_λ(c|z) (blue). The
+    readout gives w, s = 1 + w, λ and the relative curl."""
 
     def __init__(self, eps_model, mixture: GaussianMixture, grid: Grid2D | None = None, w: float = 3.0,
-                 lam: float = 0.0, c: int = 0, arrows: int = 15):
-
+                 lam: float = 0.0, c: int = 0, arrows: int = 15, high: float = 8.0):
         self.model, self.mixture, self.c = as_float64(eps_model), mixture, c
         self.grid = grid or Grid2D(3.0, 48)
-        self.arrow_grid = Grid2D(self.grid.half_width * (1 - 1 / arrows), arrows)
-        slider = w_slider(w, high=8.0)
+        arrow_grid = Grid2D(self.grid.half_width * (1 - 1 / arrows), arrows)
+        slider = w_slider(w, high=high)
         self.readout = ipywidgets.Label()
         super().__init__({"w": slider, "λ": lam_slider(lam, -8.0, 8.0)}, FigureView(2, panel_inches=3.2),
                          self.readout)
         ax_curl, ax_classifier = self.view.axes
-        h, tail = self.grid.half_width, self.arrow_grid.points().numpy()
-        self.curl_image = ax_curl.imshow(torch.zeros(self.grid.n, self.grid.n).numpy(), origin="lower",
-                                         extent=(-h, h, -h, h), cmap="RdBu_r")
-        arrow = {"angles": "xy", "scale_units": "xy", "scale": 1, "width": 0.006}
-        self.field_arrows = ax_curl.quiver(tail[:, 0], tail[:, 1], 0 * tail[:, 0], 0 * tail[:, 1], **arrow)
-        self.exact_arrows = ax_classifier.quiver(tail[:, 0], tail[:, 1], 0 * tail[:, 0], 0 * tail[:, 1],
-                                                 color="tab:blue", **arrow)
-        self.learned_arrows = ax_classifier.quiver(tail[:, 0], tail[:, 1], 0 * tail[:, 0], 0 * tail[:, 1],
-                                                   color="tab:red", **arrow)
-        for ax, title in ((ax_curl, "curl of ε̃ and the guided score"),
-                          (ax_classifier, "implicit classifier: model (red), exact (blue)")):
-            ax.set(xlim=(-h, h), ylim=(-h, h), aspect="equal", xticks=[], yticks=[])
-            ax.set_title(title, fontsize=9)
+        limit = curl_limit(cfg_field(self.model, lam, c, high, mixture.num_classes), self.grid)
+        self.curl = CurlPanel(ax_curl, self.grid, arrow_grid, limit, "curl / mean‖J‖ of ε̃, guided score")
+        self.classifier = CurlPanel(ax_classifier, self.grid, arrow_grid, limit,
+                                    "implicit classifier: model (red), exact (blue)")
+        self.classifier.image.set_visible(False)
+        self.exact_arrows = ax_classifier.quiver(*arrow_grid.points().T.numpy(), *torch.zeros(2, arrows**2).numpy(),
+                                                 color="tab:blue", angles="xy", scale_units="xy", scale=1, width=0.006)
+        self.classifier.arrows.set_color("tab:red")
+        self.view.figure.colorbar(self.curl.image, ax=ax_curl, shrink=0.8)
         self.view.figure.tight_layout()
         self._on_change()
 
-    def _arrows(self, values: torch.Tensor, longest: float) -> tuple:
-        return (values[:, 0] * longest).numpy(), (values[:, 1] * longest).numpy()
-
     def update(self) -> None:
-
         w, lam = self.sliders["w"].value, self.sliders["λ"].value
-        field = cfg_field(self.model, lam, self.c, w, self.mixture.num_classes)
-        jac = jacobian(field, self.grid.points())
-        curl = curl_from_jacobian(jac).reshape(self.grid.n, self.grid.n)
-        limit = max(curl.abs().max().item(), 1e-12)
-        self.curl_image.set_data(curl.numpy())
-        self.curl_image.set_clim(-limit, limit)
-        points, longest = self.arrow_grid.points(), 0.9 * self.arrow_grid.cell
-        with torch.no_grad():
-            score = -field(points)
-        self.field_arrows.set_UVC(*self._arrows(score / score.norm(dim=1).max(), longest))
+        relative = self.curl.show(cfg_field(self.model, lam, self.c, w, self.mixture.num_classes))
+        points = self.classifier.arrow_grid.points()
         lam_batch, labels = _full(len(points), lam), torch.full((len(points),), self.c)
         exact = self.mixture.implicit_classifier_gradient(points, lam_batch, labels)
         learned = implicit_classifier_gradient(self.model, points, lam_batch, labels, self.mixture.num_classes)
-        scale = exact.norm(dim=1).max().clamp_min(1e-12)
-        self.exact_arrows.set_UVC(*self._arrows(exact / scale, longest))
-        self.learned_arrows.set_UVC(*self._arrows(learned / scale, longest))
-        self.readout.value = f"{guidance_label(w)}, {level_label(lam)}, relative curl {relative_curl(jac):.2e}"
+        longest = 0.9 * self.classifier.arrow_grid.cell / exact.norm(dim=1).max().clamp_min(1e-12).item()
+        self.exact_arrows.set_UVC(*(exact * longest).T.numpy())
+        self.classifier.arrows.set_UVC(*(learned * longest).T.numpy())
+        self.readout.value = f"{guidance_label(w)}, {level_label(lam)}, relative curl {relative:.2e}"
+
+
+class GuidanceFieldsWidget(SliderPanel):
+    """CFG beside classifier guidance, both built on the same learned conditional model ε_θ(z, c) at level λ: the CFG
+    field (1 + w)ε_θ(z, c) − wε_θ(z, ∅) and classifier guidance ε_θ(z, c) − wσ∇log p_φ(c|z) with a trained noisy
+    classifier. Colour: curl / mean‖J‖_F on one scale for both; arrows: the guided score. The classifier's term is a
+    gradient, so only CFG's curl grows with w."""
+
+    def __init__(self, eps_model, classifier, mixture: GaussianMixture, grid: Grid2D | None = None, w: float = 3.0,
+                 lam: float = 0.0, c: int = 0, arrows: int = 15, high: float = 8.0):
+        model, classifier = as_float64(eps_model), as_float64(classifier)
+        self.guidances = {"CFG": lambda w_: guided(model, w_, mixture.num_classes),
+                          "classifier guidance": lambda w_: classifier_guided(model, classifier, w_,
+                                                                              mixture.num_classes)}
+        self.c, self.grid = c, grid or Grid2D(3.0, 48)
+        arrow_grid = Grid2D(self.grid.half_width * (1 - 1 / arrows), arrows)
+        slider = w_slider(w, low=0.0, high=high)
+        self.readout = ipywidgets.Label()
+        super().__init__({"w": slider, "λ": lam_slider(lam, -8.0, 8.0)}, FigureView(2, panel_inches=3.2),
+                         self.readout)
+        limit = curl_limit(level_field(self.guidances["CFG"](high), lam, c), self.grid)
+        self.panels = {name: CurlPanel(ax, self.grid, arrow_grid, limit, name)
+                       for name, ax in zip(self.guidances, self.view.axes, strict=True)}
+        self.view.figure.colorbar(self.panels["CFG"].image, ax=self.view.axes, shrink=0.8)
+        self._on_change()
+
+    def update(self) -> None:
+        w, lam = self.sliders["w"].value, self.sliders["λ"].value
+        curls = {name: panel.show(level_field(self.guidances[name](w), lam, self.c))
+                 for name, panel in self.panels.items()}
+        self.readout.value = (f"{guidance_label(w)}, {level_label(lam)}; relative curl: "
+                              + ", ".join(f"{name} {curl:.1e}" for name, curl in curls.items()))
 
 
 def _untrained_toy_mlp():
@@ -246,7 +294,8 @@ def _untrained_toy_mlp():
 class GuidanceIntervalWidget(SliderPanel):
     """Exact-score CFG samples (Algorithm 2, v = 0.3) with guidance w applied only for λ in an interval
     (Kynkäänniemi et al. 2024), beside the tilted target Σ_c π_c π_w(x|c); the title reports the TV to
-    π_w, the Bayes IS and the Fréchet distance to the data. The full interval [−20, 20] is plain CFG."""
+    π_w, the Bayes IS and the Fréchet distance to the data. The full interval [−20, 20] is plain CFG.
+    When class 0 has several modes (GaussianMixture.two_modes), the titles give the share of class 0 at each."""
 
     def __init__(self, mixture: GaussianMixture, w: float = 3.0, interval: tuple[float, float] = (-20.0, 20.0),
                  per_class: int = 400, steps: int = 24, bins: int = 48, seed: int = 0):
@@ -263,6 +312,7 @@ class GuidanceIntervalWidget(SliderPanel):
         target = mix(mixture, self.target(w))
         self.target_image = density_image(self.view.axes[0], self.grid, target, title="")
         self.sample_image = density_image(self.view.axes[1], Grid2D(self.grid.half_width, bins), target, title="")
+        self.update()  # the titles first, so that the layout leaves room for them
         self.view.figure.tight_layout()
         self._on_change()
 
@@ -283,15 +333,23 @@ class GuidanceIntervalWidget(SliderPanel):
         target = mix(self.mixture, targets)
         self.target_image.set_data(target.numpy())
         self.target_image.set_clim(0, target.max().item())
-        self.target_image.axes.set_title(f"target Σπ_c π_w(x|c), {guidance_label(w)}", fontsize=8)
-        shown = histogram_density(self.grid, samples, self.histogram.bins, self.mixture.weights)
+        self.target_image.axes.set_title(f"target Σπ_c π_w(x|c), {guidance_label(w)}"
+                                         f"{self._modes(self.grid.points(), targets[0].reshape(-1))}", fontsize=8)
+        shown = histogram_density(self.grid, samples, self.histogram.bins, self.mixture.class_weights)
         self.sample_image.set_data(shown.numpy())
         self.sample_image.set_clim(0, shown.max().item())
         tv = sum(self.histogram(s, d) for s, d in zip(samples, targets, strict=True)) / len(targets)
         pooled = samples.reshape(-1, 2)
         self.sample_image.axes.set_title(
             f"CFG on λ∈[{low:g}, {high:g}]: TV {tv:.2f}, IS {bayes_inception_score(self.mixture, pooled):.2f}, "
-            f"FD {frechet_pooled(self.mixture, pooled):.2f}", fontsize=8)
+            f"FD {frechet_pooled(self.mixture, pooled):.2f}{self._modes(samples[0])}", fontsize=8)
+
+    def _modes(self, points: torch.Tensor, weights: torch.Tensor | None = None) -> str:
+        """'\nclass 0 at its modes: 49% / 51%' when class 0 has several modes, else ''."""
+        if self.mixture.members[0].sum() < 2:
+            return ""
+        shares = mode_shares(self.mixture, 0, points, weights)
+        return "\nclass 0 at its modes: " + " / ".join(f"{share:.0%}" for share in shares.tolist())
 
 
 BENCHMARKS["forward process (exact toy)"] = lambda: ForwardProcessWidget(GaussianMixture.three_gaussians())
@@ -300,4 +358,4 @@ BENCHMARKS["Figure 2 (exact toy)"] = lambda: Figure2Widget(GaussianMixture.three
 BENCHMARKS["learned CFG field curl (toy MLP)"] = lambda: CFGFieldWidget(_untrained_toy_mlp(),
                                                                         GaussianMixture.three_gaussians())
 BENCHMARKS["guidance interval vs tilted target (exact toy)"] = lambda: GuidanceIntervalWidget(
-    GaussianMixture.three_gaussians())
+    GaussianMixture.two_modes())
