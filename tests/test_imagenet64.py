@@ -336,3 +336,10 @@ def test_evaluate_command_names_the_missing_inception_weights(tmp_path, monkeypa
     assert main(["evaluate", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "eval"),
                  "--inception", str(tmp_path / "nowhere.pth")]) == 2
     assert "nowhere.pth does not exist" in capsys.readouterr().err
+
+
+def test_pixels_of_a_read_only_memmap_convert_without_a_warning(recwarn):
+    pixels = np.array([[[[0, 255]]]], dtype=np.uint8)
+    pixels.setflags(write=False)  # as the prepared folder's memmaps are
+    assert inet.to_model_range(pixels).tolist() == [[[[-1.0, 1.0]]]]
+    assert not [str(warning.message) for warning in recwarn]

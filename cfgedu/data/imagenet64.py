@@ -106,7 +106,7 @@ def load_split(root: Path, split: str = "train") -> tuple[np.ndarray, np.ndarray
 
 def to_model_range(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 pixels 0..255 -> float32 in [-1, 1] (ADM's data range)."""
-    return torch.as_tensor(np.asarray(images)).float() / 127.5 - 1.0
+    return torch.as_tensor(np.asarray(images, dtype=np.float32)) / 127.5 - 1.0  # a new array: memmaps are read-only
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
