@@ -15,8 +15,8 @@ from cfgedu.core.tensors import at_precision, autocast, bf16_supported, cpu_has_
 from cfgedu.data.toy import MixtureSamples
 from cfgedu.engine.config import TrainConfig
 from cfgedu.engine.loop import train
-from cfgedu.engine.runs import CHECKPOINT, load_checkpoint_model
-from cfgedu.images.sampling import run_precision, sample_batches
+from cfgedu.engine.runs import CHECKPOINT, load_checkpoint_model, run_precision
+from cfgedu.images.sampling import sample_batches
 from cfgedu.nets.mlp import EpsMLP, MLPConfig
 from cfgedu.nets.unet import Attention, ResBlock, UNet, UNetConfig
 

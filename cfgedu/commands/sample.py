@@ -37,9 +37,9 @@ def add_precision_argument(parser) -> None:
 def run(args) -> None:
     from ..core.guidance import check_w
     from ..core.tensors import default_device
-    from ..engine.runs import load_checkpoint_model
+    from ..engine.runs import load_checkpoint_model, run_precision
     from ..frontend.plotting import save_grid
-    from ..images.sampling import class_labels, run_precision, sample_images
+    from ..images.sampling import class_labels, sample_images
 
     output_image(args.out)
     set_threads(args.threads)

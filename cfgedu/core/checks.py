@@ -58,3 +58,11 @@ def check_batch(z: torch.Tensor, lam: torch.Tensor) -> None:
     if lam.shape != (z.shape[0],):
         raise ValueError(f"lam must have shape ({z.shape[0]},) to match z of shape {tuple(z.shape)}, "
                          f"got {tuple(lam.shape)}")
+
+
+def check_logits(logits: torch.Tensor, batch: int, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """A classifier's output: logits of shape (batch, K), with K above every label when labels are given."""
+    bound = f" with K > {int(labels.max())}" if labels is not None else ""
+    if logits.ndim != 2 or logits.shape[0] != batch or (labels is not None and logits.shape[1] <= int(labels.max())):
+        raise ValueError(f"the classifier must return logits of shape ({batch}, K){bound}, got {tuple(logits.shape)}")
+    return logits

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import torch
 
-from .checks import check_finite, check_labels
+from .checks import check_finite, check_labels, check_logits
 from .schedule import alpha_sigma
 from .tensors import expand_like
 
@@ -132,9 +132,7 @@ def classifier_log_prob_gradient(classifier: Classifier, z: torch.Tensor, lam: t
     create_graph = torch.is_grad_enabled() and z.requires_grad
     with torch.enable_grad():
         z_in = z if z.requires_grad else z.detach().requires_grad_(True)
-        logits = classifier(z_in, lam)
-        if logits.ndim != 2 or logits.shape[0] != z.shape[0]:
-            raise ValueError(f"the classifier must return logits of shape ({z.shape[0]}, K), got {tuple(logits.shape)}")
+        logits = check_logits(classifier(z_in, lam), z.shape[0])
         check_labels(c, logits.shape[1], batch=z.shape[0], allow_null=False)
         log_prob = torch.log_softmax(logits, dim=1).gather(1, c[:, None]).sum()
         (grad,) = torch.autograd.grad(log_prob, z_in, create_graph=create_graph)

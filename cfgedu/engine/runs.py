@@ -126,6 +126,14 @@ def load_checkpoint_model(path: Path, use_ema: bool = True, kinds: tuple[str, ..
     return rebuild_model(record, path, weights)
 
 
+def run_precision(run: Path) -> str:
+    """The precision a run folder (or its checkpoint.pt) was trained at: its config.json's train.precision, "fp32"
+    for a run without one."""
+    run = Path(run)
+    record = (run.parent if run.suffix == ".pt" else run) / CONFIG_JSON
+    return json.loads(record.read_text()).get("train", {}).get("precision", "fp32") if record.is_file() else "fp32"
+
+
 def append_metrics(out_dir: Path, record: dict) -> None:
     """One JSON line in out_dir/metrics.jsonl."""
     with open(out_dir / METRICS, "a") as handle:

@@ -30,7 +30,7 @@ from .metrics import (
     inception_score,
     rank_and_world,
 )
-from .sampling import balanced_labels, run_precision, sample_batches
+from .sampling import balanced_labels, sample_batches
 
 Extractor = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # images in [−1, 1] -> (features, logits)
 PaperTable = Mapping[float, Mapping[float, tuple[float, float]]]  # p_uncond -> w -> (FID, IS)
@@ -232,9 +232,9 @@ def join_processes() -> torch.device:
 def evaluate_checkpoint(run: Path, protocol: Protocol, ws: list[float], *, progress: bool = True,
                         precision: str | None = None, **options) -> Evaluation:
     """The guidance sweep of a training folder (or its checkpoint.pt) from its EMA weights, at `precision` (default:
-    the run's, sampling.run_precision); `options` are guidance_sweep's. Under torchrun every process takes its share
+    the run's, engine.runs.run_precision); `options` are guidance_sweep's. Under torchrun every process takes its share
     of the samples."""
-    from ..engine.runs import load_checkpoint_model
+    from ..engine.runs import load_checkpoint_model, run_precision
 
     run = Path(run)
     folder = run.parent if run.suffix == ".pt" else run

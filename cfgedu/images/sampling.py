@@ -7,9 +7,7 @@ float32.
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,7 +18,6 @@ from ..core.samplers import sample
 from ..core.schedule import LogSNRSchedule
 from ..core.tensors import at_precision
 from ..engine.config import PRECISIONS
-from ..engine.runs import CONFIG_JSON
 
 DEFAULT_SCHEDULE = LogSNRSchedule()  # λ on [−20, 20]
 
@@ -35,14 +32,6 @@ def balanced_labels(n: int, num_classes: int) -> torch.Tensor:
     """(n,) labels in class blocks, class k holding ⌊n/K⌋ or ⌈n/K⌉ of them: class_labels(K, n / K) when K divides n."""
     n, num_classes = check_positive_int("n", n), check_positive_int("num_classes", num_classes)
     return torch.arange(n) * num_classes // n
-
-
-def run_precision(run: Path) -> str:
-    """The precision a run folder (or its checkpoint.pt) was trained at: its config.json's train.precision, "fp32"
-    for a run without one."""
-    run = Path(run)
-    record = (run.parent if run.suffix == ".pt" else run) / CONFIG_JSON
-    return json.loads(record.read_text()).get("train", {}).get("precision", "fp32") if record.is_file() else "fp32"
 
 
 def sample_batches(model: torch.nn.Module, labels: torch.Tensor, w: float, *, generator: torch.Generator,

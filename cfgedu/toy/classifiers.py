@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from ..core.checks import check_batch
+from ..core.checks import check_batch, check_logits
 from ..core.guidance import Classifier, EpsModel
 from ..core.parameterization import eps_to_score
 from .fields import as_float64, check_2d, noised_draws
@@ -26,9 +26,9 @@ CLASSIFIER_LAMS = (-6.0, -4.0, -2.0, 0.0, 2.0, 4.0, 6.0, 8.0)  # from near-prior
 
 
 def exact_classifier(mixture: GaussianMixture) -> Classifier:
-    """(z, λ) ↦ log p_λ(c|z) for every c, (B, K): GaussianMixture.posterior's log, taken as a log-softmax so that it
-    neither underflows nor loses its gradient far from the data."""
-    return lambda z, lam: torch.log_softmax(mixture.log_prob_classes(z, lam) + mixture.class_weights.log(), dim=1)
+    """(z, λ) ↦ log p_λ(c|z) for every c, (B, K) (GaussianMixture.log_posterior: a log-softmax, so that it neither
+    underflows nor loses its gradient far from the data)."""
+    return mixture.log_posterior
 
 
 class ImplicitClassifier:
@@ -81,10 +81,7 @@ def classifier_scores(classifier: Classifier, z: torch.Tensor, lam: torch.Tensor
     """{"accuracy", "log_loss"} of classifier(z, lam) -> logits against the labels c: the fraction of argmax hits
     and the mean −log p(c|z) in nats."""
     with torch.no_grad():
-        logits = classifier(z, lam)
-    if logits.ndim != 2 or logits.shape[0] != z.shape[0] or logits.shape[1] <= int(c.max()):
-        raise ValueError(f"the classifier must return logits of shape ({z.shape[0]}, K) with K > {int(c.max())}, "
-                         f"got {tuple(logits.shape)}")
+        logits = check_logits(classifier(z, lam), z.shape[0], c)
     log_probs = torch.log_softmax(logits.to(torch.float64), dim=1)  # (B, K)
     return {"accuracy": (log_probs.argmax(dim=1) == c).double().mean().item(),
             "log_loss": -log_probs.gather(1, c[:, None]).mean().item()}

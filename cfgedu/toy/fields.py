@@ -213,6 +213,7 @@ def fields_table(models: dict[str, EpsModel | GuidanceFields], mixture: Gaussian
     """One row of field_measures per model, w and λ (an eps_model is measured by its CFG field, cfg_fields), with
     the model's name, relative_curl_fd_floor (exact_fd_floor at the same w and λ) and the relative error of its
     classifier's gradient ∇log p(c|z) ("implicit_classifier_rel_error") on `points` draws z ~ p_λ(z)."""
+    floors = {(lam, w): exact_fd_floor(mixture, lam, c, w, grid) for lam in lams for w in ws}  # shared by every model
     rows = []
     for name, model in models.items():
         fields = model if isinstance(model, GuidanceFields) else cfg_fields(model, mixture.num_classes)
@@ -221,8 +222,7 @@ def fields_table(models: dict[str, EpsModel | GuidanceFields], mixture: Gaussian
             labels = torch.full((points,), c)
             error = gradient_error(fields.classifier_gradient(z, lam_batch, labels), mixture, z, lam_batch, labels)
             rows += [{"model": name, "w": w, "lambda": lam, "class": c, **field_measures(fields.field(lam, c, w), grid),
-                      "relative_curl_fd_floor": exact_fd_floor(mixture, lam, c, w, grid),
-                      "implicit_classifier_rel_error": error} for w in ws]
+                      "relative_curl_fd_floor": floors[(lam, w)], "implicit_classifier_rel_error": error} for w in ws]
     return rows
 
 

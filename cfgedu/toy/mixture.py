@@ -156,9 +156,13 @@ class GaussianMixture:
         level λ it is NOT π_w noised to λ (cfgedu.toy.ideal.IdealTiltedModel has that one)."""
         return (1 + w) * self.log_prob(z, lam, c) - w * self.log_prob(z, lam)
 
+    def log_posterior(self, z: torch.Tensor, lam: torch.Tensor | None = None) -> torch.Tensor:
+        """log p_λ(c|z) = log_softmax_c[log π_c + log p_λ(z|c)], shape (B, K)."""
+        return torch.log_softmax(self._class_log_joint(z, lam), dim=0).T
+
     def posterior(self, z: torch.Tensor, lam: torch.Tensor | None = None) -> torch.Tensor:
-        """p_λ(c|z) = softmax_c[log π_c + log p_λ(z|c)], shape (B, K)."""
-        return torch.softmax(self._class_log_joint(z, lam), dim=0).T
+        """p_λ(c|z), shape (B, K)."""
+        return self.log_posterior(z, lam).exp()
 
     def eps_components(self, z: torch.Tensor, lam: torch.Tensor,
                        dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
@@ -200,8 +204,8 @@ class GaussianMixture:
 
     def implicit_classifier_gradient(self, z: torch.Tensor, lam: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """∇_z log p_λ(c|z) = −(ε*(z, c) − ε*(z))/σ, float64 (B, D)."""
-        null = torch.full_like(c, self.num_classes)
-        return eps_to_score(self.eps(z, lam, c) - self.eps(z, lam, null), lam.to(torch.float64))
+        cond, uncond = self.cond_and_uncond(z.to(torch.float64), lam, c)
+        return eps_to_score(cond - uncond, lam.to(torch.float64))
 
     def x_hat(self, z: torch.Tensor, lam: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """Tweedie's E[x|z_λ, c] = (z − σ ε*)/α, float64 (B, D)."""
