@@ -61,6 +61,16 @@ def test_classifier_reaches_97_percent_on_held_out_digits():
         model(torch.zeros(2, 1, 8, 8))
 
 
+def test_the_extractor_trains_its_classifier_on_a_fresh_machine(tmp_path, monkeypatch):
+    """With nothing cached, the first extraction (a no_grad context) still trains the classifier, then caches it."""
+    from cfgedu.images.digits_classifier import digits_features
+
+    monkeypatch.setenv("CFGEDU_CACHE", str(tmp_path))
+    features, logits = digits_features()(torch.zeros(3, 1, 8, 8))
+    assert features.shape[0] == 3 and logits.shape == (3, 10)
+    assert len(list(tmp_path.glob("digits_classifier_*_8px_*.pt"))) == 1
+
+
 def stats_with(mean, cov, count=10):
     """FeatureStats whose sums give exactly this mean (D,) and covariance (D, D)."""
     mean, cov = torch.as_tensor(mean, dtype=torch.float64), torch.as_tensor(cov, dtype=torch.float64)

@@ -68,6 +68,7 @@ def random_shift(x: torch.Tensor, shift: int, generator: torch.Generator) -> tor
     return F.pad(x, (shift,) * 4, value=-1.0)[..., dy:dy + size, dx:dx + size]
 
 
+@torch.enable_grad()  # also when called to fill the cache from inside a no_grad extractor
 def train_classifier(config: ClassifierConfig = ClassifierConfig(),
                      progress: bool = True) -> tuple[DigitsClassifier, float]:
     """Adam on cross-entropy over the training split; returns the model (eval mode) and its validation accuracy."""
