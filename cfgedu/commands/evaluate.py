@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..core.samplers import METHODS
 from ..images.digits_classifier import digits_protocol
 from ..images.inception import imagenet_protocol
 from ._paths import output_folder
@@ -33,7 +34,9 @@ def add_arguments(parser):
     parser.add_argument("--n", type=int, default=None,
                         help="class-balanced samples per w in all (default: per-class times the classes)")
     parser.add_argument("--steps", type=int, default=None, help="sampling steps T (default: digits 128; imagenet 256)")
-    parser.add_argument("--method", choices=("ancestral", "ddim"), default="ancestral", help="sampler")
+    parser.add_argument("--method", choices=METHODS, default="ancestral",
+                        help="sampler: Algorithm 2 (ancestral) or a deterministic ODE solver (ddim; heun and dpm++2m, "
+                             "second order); NFE = steps, 2·steps − 2 for heun")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampling noise and the floor subsets")
     parser.add_argument("--batch-size", type=int, default=500, help="images per sampling batch")
     add_precision_argument(parser)

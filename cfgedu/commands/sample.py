@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..core.samplers import METHODS
 from ..engine.config import PRECISIONS
 from ._paths import IMAGE_SUFFIXES, output_image
 from ._threads import DEFAULT_THREADS, add_threads_argument, set_threads
@@ -18,7 +19,9 @@ def add_arguments(parser):
     parser.add_argument("--out", type=Path, required=True,
                         help=f"image file for the grid ({', '.join(IMAGE_SUFFIXES)})")
     parser.add_argument("--steps", type=int, default=128, help="sampling steps T")
-    parser.add_argument("--method", choices=("ancestral", "ddim"), default="ancestral", help="sampler")
+    parser.add_argument("--method", choices=METHODS, default="ancestral",
+                        help="sampler: Algorithm 2 (ancestral) or a deterministic ODE solver (ddim; heun and dpm++2m, "
+                             "second order); NFE = steps, 2·steps − 2 for heun")
     parser.add_argument("--v", type=float, default=0.3, help="variance exponent v of Algorithm 2 (SPEC 2)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
     parser.add_argument("--batch-size", type=int, default=500, help="images per sampling batch")

@@ -90,11 +90,15 @@ class Guided:
         w = self.w(lam) if callable(self.w) else self.w
         return expand_like(w, like) if isinstance(w, torch.Tensor) else w
 
+    def pair(self, z: torch.Tensor, lam: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The prediction guidance starts from and the one it steers away from: ε(z, c) and ε(z, ∅)."""
+        return cond_and_uncond(self.eps_model, z, lam, c, self.null_label)
+
     def __call__(self, z: torch.Tensor, lam: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         if isinstance(self.w, float) and self.w == 0:
             return self.eps_model(z, lam, c)
-        cond, uncond = cond_and_uncond(self.eps_model, z, lam, c, self.null_label)
-        return cfg_combine(cond, uncond, self.weight(lam, cond))
+        cond, reference = self.pair(z, lam, c)
+        return cfg_combine(cond, reference, self.weight(lam, cond))
 
 
 def guided(eps_model: EpsModel, w: GuidanceWeight, null_label: int | None = None) -> Guided:
@@ -103,6 +107,11 @@ def guided(eps_model: EpsModel, w: GuidanceWeight, null_label: int | None = None
     The null label defaults to `eps_model.num_classes`, as every cfgedu model defines it.
     """
     return Guided(eps_model, w, default_null_label(eps_model, null_label, "guided"))
+
+
+def unconditional(eps_model: EpsModel, null_label: int) -> EpsModel:
+    """eps_model with every label replaced by ∅: ε(z, ∅) as a model of (z, λ, c)."""
+    return lambda z, lam, c: eps_model(z, lam, torch.full_like(c, null_label))
 
 
 def default_null_label(eps_model: EpsModel, null_label: int | None, caller: str) -> int:

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..core.samplers import evaluations
 from ..core.tensors import derive_seed, make_generator
 from .metrics import (
     FeatureStats,
@@ -132,7 +133,8 @@ def guidance_sweep(model: nn.Module, ws: list[float], protocol: Protocol, *, n: 
     """Sample n class-balanced labels (default per_class per class, in class blocks) at each w, with the network at
     `precision` (cfgedu.core.tensors.at_precision), and score them.
 
-    Returns ({"protocol", "n", "steps", "method", "v", "seed", "precision", ["fid_floor", "fid_floor_std",] "rows"},
+    Returns ({"protocol", "n", "steps", "method", "nfe", "v", "seed", "precision", ["fid_floor", "fid_floor_std",]
+    "rows"},
     grids): one
     row {"w", "n", "fid", "is", "is_std"[, accuracy columns]} per w, and for grid = (classes, columns) the first
     samples of the first classes, {w: (classes, columns, C, H, W)}. Every w draws the same noise, so the rows differ
@@ -154,8 +156,8 @@ def guidance_sweep(model: nn.Module, ws: list[float], protocol: Protocol, *, n: 
             batches, kept = draw(w, generator=make_generator(my_seed, device)), []
             rows.append({"w": float(w), **score_samples(protocol, tap(batches, keep, kept, bar), labels, reference)})
             grids[w] = torch.cat(kept).unflatten(0, grid_shape)
-    return ({"protocol": protocol.name, "n": n, "steps": steps, "method": method, "v": v, "seed": seed,
-             "precision": precision, **floor, "rows": rows}, grids if keep.any() else {})
+    return ({"protocol": protocol.name, "n": n, "steps": steps, "method": method, "nfe": evaluations(method, steps),
+             "v": v, "seed": seed, "precision": precision, **floor, "rows": rows}, grids if keep.any() else {})
 
 
 def progress_bar(total: int, show: bool):
