@@ -1,5 +1,6 @@
 """The CLI as a hostile but fair user meets it: output paths checked before any work, one line for every error
 and warning, and outputs that are whole or absent."""
+import json
 import tempfile
 from pathlib import Path
 
@@ -164,19 +165,24 @@ def test_every_command_writes_whole_outputs(toy_run, digits_run, tmp_path, monke
     assert main(["fields", "--checkpoint", str(toy_run), "--out", str(tmp_path / "fields"), "--grid", "8",
                  "--w", "1", "--lam", "0"]) == 0
     assert_whole(tmp_path / "fields", ["fields.json", "curl.png", "helmholtz.png"])
-    assert main(["sample", "--checkpoint", str(digits_run), "--n", "2", "--steps", "2",
+    assert main(["sample", "--checkpoint", str(digits_run), "--n", "2", "--steps", "2", "--method", "dpm++2m",
                  "--out", str(tmp_path / "grids" / "grid.jpg")]) == 0
     assert_whole(tmp_path / "grids", ["grid.jpg"])
-    assert main(["evaluate", "--checkpoint", str(digits_run), "--w", "0", "--per-class", "2", "--steps", "2",
-                 "--floor-repeats", "2", "--out", str(tmp_path / "eval")]) == 0
+    assert main(["evaluate", "--checkpoint", str(digits_run), "--w", "0", "--per-class", "2", "--steps", "3",
+                 "--method", "heun", "--floor-repeats", "2", "--out", str(tmp_path / "eval")]) == 0
     assert_whole(tmp_path / "eval", ["eval.json", "eval.md", "samples_w0.png"])
+    result = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert (result["method"], result["steps"], result["nfe"]) == ("heun", 3, 4)
     tiny = SweepConfig(ws=(0.0, 1.0), p_unconds=(0.1,), steps=(4,), samples_per_class=50, exact_samples_per_class=50,
                        detail_steps=4, ideal_ws=(1.0,), ideal_grid=16, corrector_ws=(), corrector_T=4,
-                       metric_points=40, train_steps=3, tv_bins=8, boundary_w=1.0)
+                       metric_points=40, train_steps=3, tv_bins=8, boundary_w=1.0, nfes=(4,), weak_train_steps=3,
+                       method_strengths=(("cfg", (0.0, 3.0)), ("autoguidance", (0.0, 1.0))))
     monkeypatch.setitem(SWEEPS, "fast", tiny)
     assert main(["toy-tradeoff", "--out", str(tmp_path / "tradeoff"), "--fast", "--no-progress"]) == 0
     assert_whole(tmp_path / "tradeoff", ["tradeoff.csv", "tradeoff.md", "tradeoff.png", "boundary_push.png",
-                                         "sweep_config.json", "models/p_uncond=0.1,steps=3,seed=0/checkpoint.pt"])
+                                         "tv_nfe.png", "sweep_config.json",
+                                         "models/p_uncond=0.1,steps=3,seed=0/checkpoint.pt",
+                                         "models/weak,width=32,steps=3,seed=0/checkpoint.pt"])
 
 
 def test_a_failed_write_keeps_the_previous_file(digits_run, tmp_path, capsys, monkeypatch):

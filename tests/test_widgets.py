@@ -100,3 +100,33 @@ def test_range_sliders_get_new_intervals():
     assert all(isinstance(v, tuple) and v[0] < v[1] for v in values)
     assert all(a != b for a, b in pairwise([slider.value, *values]))
     slider.value = values[-1]  # the slider accepts them
+
+
+def test_guidance_methods_widget_switches_method_and_strength_scale(toy):
+    from cfgedu.core.guidance_methods import Guidance
+    from cfgedu.core.tensors import make_generator
+    from cfgedu.toy.sampling import class_samples
+
+    panel = widgets.GuidanceMethodsWidget(toy, toy, guide=type(toy).three_gaussians(std=0.8), per_class=50, steps=8,
+                                          bins=16)
+    assert panel.sliders["method"].options == ("cfg", "apg", "cfg++", "autoguidance")
+    assert parse_readout(panel.readout.value) == (3.0, 4.0)
+    plain = class_samples(toy, 3, 3.0, 50, generator=make_generator(0), steps=8, method="ddim")
+    assert torch.equal(panel.samples("cfg", 3.0), plain)
+    before = bytes(panel.view.image.value)
+    panel.sliders["method"].value = "cfg++"  # CFG++'s own strength l on [0, 1]
+    assert panel.sliders["w"].max == 1.0 and panel.sliders["w"].value == 0.3
+    assert panel.readout.value.startswith("l = 0.3 (CFG++") and "cfg++, l = 0.3" in panel.view.axes[2].get_title()
+    assert bytes(panel.view.image.value) != before
+    plus = class_samples(toy, 3, 0.3, 50, generator=make_generator(0), steps=8, method="ddim",
+                         guidance=Guidance("cfg++"))
+    assert torch.equal(panel.samples("cfg++", 0.3), plus)
+    panel.sliders["target"].value = 1.0
+    assert "w = 1" in panel.view.axes[1].get_title()
+    assert "autoguidance" not in widgets.GuidanceMethodsWidget(toy, toy, per_class=20, steps=4,
+                                                               bins=8).sliders["method"].options
+
+
+def test_choosers_cycle_through_their_options(toy):
+    panel = widgets.GuidanceMethodsWidget(toy, toy, per_class=20, steps=4, bins=8)
+    assert widgets.slider_values(panel.sliders["method"], 4) == ["apg", "cfg++", "cfg", "apg"]

@@ -15,7 +15,7 @@ from ..toy.grid import Grid2D, grid_values, mix
 from ..toy.helmholtz import HelmholtzHodge
 from ..toy.metrics import radial_distances
 from ..toy.mixture import GaussianMixture
-from ..toy.tradeoff import Sweep
+from ..toy.tradeoff import NFE_SAMPLERS, Sweep
 
 
 def save_grid(images: torch.Tensor, rows: int, path: Path) -> Path:
@@ -169,8 +169,9 @@ def plot_tradeoff(sweep: Sweep, ax=None):
     w increasing along each; the guidance interval and the linear w schedule as extra points."""
     ax = ax or plt.subplots(figsize=(6, 4.5))[1]
     T = max(sweep.config.steps)
-    rows = {f"learned p_uncond={p:g}": sweep.select(model="learned", p_uncond=p, T=T) for p in sweep.config.p_unconds}
-    rows["exact ε*"] = sweep.select(model="exact", sampler="ancestral-v0.3", T=T)
+    rows = {f"learned p_uncond={p:g}": sweep.select(model="learned", p_uncond=p, T=T, kind="cfg")
+            for p in sweep.config.p_unconds}
+    rows["exact ε*"] = sweep.select(model="exact", sampler="ancestral-v0.3", T=T, kind="cfg")
     rows["exact, guidance interval"] = sweep.select(model="exact", sampler="interval")
     rows["exact, linear w schedule"] = sweep.select(model="exact", sampler="schedule")
     curves = {label: [(r["w"], r["fd"], r["is_bayes"]) for r in found] for label, found in rows.items() if found}
@@ -193,3 +194,72 @@ def plot_boundary_push(sweep: Sweep, mixture: GaussianMixture, c: int = 0, ax=No
     ax.set_title(f"Boundary push at w = {sweep.config.boundary_w:g}")
     ax.legend(fontsize=7)
     return ax
+
+
+def plot_tv_against_nfe(sweep: Sweep, fig=None):
+    """TV to π_w against the number of network evaluations with exact ε*, one panel per w of the NFE rows and one line
+    per sampler, with the noise floor: which sampler reaches it first, and where each converges under guidance."""
+    fig = fig or plt.figure(figsize=(10, 4))
+    axes = fig.subplots(1, len(sweep.config.nfe_ws), squeeze=False)[0]
+    for ax, w in zip(axes, sweep.config.nfe_ws, strict=True):
+        for name in NFE_SAMPLERS:
+            rows = sorted(sweep.select(model="exact", sampler=name, w=w, kind="cfg"), key=lambda r: r["nfe"])
+            rows = [r for r in rows if r["nfe"] in sweep.config.nfes]
+            ax.plot([r["nfe"] for r in rows], [r["tv_to_target"] for r in rows], "o-", label=name)
+        floor = [r["tv_noise_floor"] for r in sweep.select(model="exact", w=w, kind="cfg", sampler="ddim")][:1]
+        if floor:
+            ax.axhline(floor[0], color="k", ls=":", label="noise floor")
+        ax.set(xscale="log", xlabel="network evaluations (NFE)", ylabel=f"TV to π_w, w = {w:g}", ylim=(0, 1.02),
+               title=f"w = {w:g}" + (" (the data)" if w == 0 else ""))
+        ax.set_xticks(sweep.config.nfes, [str(n) for n in sweep.config.nfes])
+        ax.legend(fontsize=8)
+    return fig
+
+
+def plot_paths(ax, grid: Grid2D, background: torch.Tensor, points: torch.Tensor, lines: int = 12,
+               title: str | None = None):
+    """Sample paths (F, K, n, 2) over a grid density (n, n): the first `lines` paths of each class as lines from
+    noise (thin) to data, and every endpoint as a dot in its class colour; returns the ax."""
+    density_image(ax, grid, background, title=title, cmap="Greys")
+    for c in range(points.shape[1]):
+        colour = f"C{c}"
+        for path in points[:, c, :lines].transpose(0, 1):  # (F, 2) each
+            ax.plot(path[:, 0], path[:, 1], color=colour, lw=0.6, alpha=0.6)
+        ax.scatter(points[-1, c, :, 0], points[-1, c, :, 1], s=3, color=colour, alpha=0.5, lw=0)
+    h = grid.half_width
+    ax.set(xlim=(-h, h), ylim=(-h, h))
+    return ax
+
+
+def paths_animation(grid: Grid2D, paths, backgrounds: list[torch.Tensor], trail: int = 4):
+    """A matplotlib animation of the samples moving from noise to data, one panel per w of `paths`
+    (cfgedu.toy.trajectories.Paths) over its noised densities `backgrounds` (F, n, n) each, with the last `trail`
+    frames drawn as tails. Show it in a notebook with IPython.display.HTML(animation.to_jshtml())."""
+    from matplotlib.animation import FuncAnimation
+
+    frames, K = paths.points.shape[1], paths.points.shape[2]
+    fig, axes = plt.subplots(1, len(paths.ws), figsize=(3.6 * len(paths.ws), 3.8), squeeze=False)
+    artists = []
+    for ax, w, background in zip(axes[0], paths.ws, backgrounds, strict=True):
+        image = density_image(ax, grid, background[0], cmap="Greys", vmax=background.max().item())
+        dots = [ax.scatter([], [], s=4, color=f"C{c}", lw=0) for c in range(K)]
+        tails = [ax.plot([], [], color=f"C{c}", lw=0.4, alpha=0.5)[0] for c in range(K)]
+        artists.append((ax, w, background, image, dots, tails))
+
+    def draw(frame: int):
+        changed = []
+        for (ax, w, background, image, dots, tails), points in zip(artists, paths.points, strict=True):
+            image.set_data(background[frame].numpy())
+            start = max(0, frame - trail)
+            for c in range(K):
+                dots[c].set_offsets(points[frame, c].numpy())
+                tail = points[start:frame + 1, c, :12]  # (trail, 12, 2): NaN rows break the line between samples
+                gap = torch.full((1, tail.shape[1], 2), float("nan"), dtype=tail.dtype)
+                xy = torch.cat([tail, gap]).transpose(0, 1).reshape(-1, 2)
+                tails[c].set_data(xy[:, 0].numpy(), xy[:, 1].numpy())
+            ax.set_title(f"w = {w:g} (s = {1 + w:g}), λ = {paths.levels[frame].item():.1f}", fontsize=9)
+            changed += [image, *dots, *tails]
+        return changed
+
+    fig.tight_layout()
+    return FuncAnimation(fig, draw, frames=frames, interval=150, blit=False)

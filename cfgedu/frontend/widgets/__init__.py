@@ -26,6 +26,7 @@ from .base import (
     w_slider,
 )
 from .images import LossCurve, SampleGridSlider, SampleGridWidget
+from .methods import GuidanceMethodsWidget
 from .toy import (
     CFGFieldWidget,
     Figure2Widget,
@@ -36,6 +37,6 @@ from .toy import (
 )
 
 __all__ = ["BENCHMARKS", "CFGFieldWidget", "Figure2Widget", "FigureView", "ForwardProcessWidget",
-           "GuidanceFieldsWidget", "GuidanceIntervalWidget", "GuidanceReadout", "LossCurve", "SampleGridSlider",
-           "SampleGridWidget", "ScoreFieldWidget", "SliderPanel", "guidance_label", "lam_slider", "level_label",
-           "single_threaded", "slider_values", "time_sliders", "w_slider"]
+           "GuidanceFieldsWidget", "GuidanceIntervalWidget", "GuidanceMethodsWidget", "GuidanceReadout", "LossCurve",
+           "SampleGridSlider", "SampleGridWidget", "ScoreFieldWidget", "SliderPanel", "guidance_label", "lam_slider",
+           "level_label", "single_threaded", "slider_values", "time_sliders", "w_slider"]

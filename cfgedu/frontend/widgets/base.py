@@ -134,17 +134,23 @@ def _full(n: int, value: float) -> torch.Tensor:
 BENCHMARKS: dict[str, Callable[[], SliderPanel]] = {}
 
 
-def slider_values(slider, moves: int) -> list:
-    """`moves` values cycling over the slider's range, each different from the one before (from its value).
-
-    A range slider (tuple value) gets intervals that widen from the bottom of its range."""
+def slider_options(slider, moves: int) -> list:
+    """The values slider_values cycles over: a chooser's options, or up to five ticks across a slider's range."""
+    if hasattr(slider, "options"):
+        return list(slider.options)
     ticks = torch.linspace(slider.min, slider.max, min(moves, 4) + 1).tolist()
     ticks = sorted({round(t / slider.step) * slider.step for t in ticks})
     if isinstance(slider.value, tuple):
-        options = [(ticks[0], t) for t in ticks[1:]]
-    else:
-        options = [type(slider.value)(t) for t in ticks]
-    values, previous = [], slider.value
+        return [(ticks[0], t) for t in ticks[1:]]
+    return [type(slider.value)(t) for t in ticks]
+
+
+def slider_values(slider, moves: int) -> list:
+    """`moves` values cycling over the slider's range, each different from the one before (from its value).
+
+    A range slider (tuple value) gets intervals that widen from the bottom of its range; a chooser (ToggleButtons,
+    Dropdown) its options in turn."""
+    values, previous, options = [], slider.value, slider_options(slider, moves)
     while len(values) < moves:
         previous = next(t for t in options[len(values) % len(options):] + options if t != previous)
         values.append(previous)

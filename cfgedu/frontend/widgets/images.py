@@ -1,4 +1,4 @@
-"""Slider panels of image models (notebooks 05-06): class-by-row sample grids moved by w, and a live loss curve."""
+"""Slider panels of image models (notebooks 06-07): class-by-row sample grids moved by w, and a live loss curve."""
 from __future__ import annotations
 
 import time
