@@ -125,7 +125,7 @@ print(f"largest |ε* + σ∇log p| over classes, ∅ and λ ∈ [−6, 6]: {max(
 
 # %% [markdown]
 # Round-off: the identity holds. From here on "a model" is anything that maps $(z, \lambda, c)$ to $\varepsilon$;
-# the exact mixture is one, and the networks of notebooks 02-06 will be others.
+# the exact mixture is one, and the networks of notebooks 02-07 will be others.
 #
 # ## 3. Sampling: Algorithm 2 in twenty lines
 #

@@ -116,7 +116,7 @@ config = {"full": SWEEPS["full"],
 runs = {p: toy_experiment("mlp", config.train_steps, p_uncond=p, seed=config.seed) for p in config.p_unconds}
 models = {p: train_experiment(experiment, Path(OUT) / f"p_uncond={p:g}", preset_name="toy",
                               progress=False).ema.eval() for p, experiment in runs.items()}
-sweep = run_sweep(config, models, mixture=mixture, progress=False)
+sweep = run_sweep(config, models, mixture=mixture, parts=("tradeoff",), progress=False)  # samplers by NFE, methods: 05
 print(f"{len(sweep.rows)} rows in {sweep.seconds:.0f} s")
 
 # %% [markdown]
@@ -288,11 +288,11 @@ GuidanceIntervalWidget(GaussianMixture.two_modes(), w=3.0, per_class=150 if FAST
 
 # %%
 for p in config.p_unconds:
-    rows = sweep.select(model="learned", p_uncond=p, T=max(config.steps))
+    rows = sweep.select(model="learned", p_uncond=p, T=max(config.steps), kind="cfg")
     assert rows[-1]["is_bayes"] > rows[0]["is_bayes"], "guidance must raise the Bayes IS"
 w_top = max(config.ideal_ws)
 ideal = sweep.select(sampler="ideal", w=w_top)[0]
-ddim = sweep.select(sampler="ddim", w=w_top)[0]
+ddim = sweep.select(sampler="ddim", w=w_top, kind="cfg")[0]
 assert ideal["tv_to_target"] < ddim["tv_to_target"], "the ideal sampler must be closer to π_w than CFG-DDIM"
 mala = sweep.select(sampler="ancestral-v0.3+mala")
 assert mala[-1]["tv_to_target"] < mala[0]["tv_to_target"], "corrector steps must lower the TV to π_w"

@@ -12,7 +12,7 @@
 # ---
 
 # %% [markdown]
-# # 05 · The same code on real images: digits on a CPU
+# # 06 · The same code on real images: digits on a CPU
 #
 # **What you will learn**
 # - the paper's ImageNet recipe at toy scale: the ADM U-Net $\varepsilon_\theta(z_\lambda, \lambda, c)$ trained

@@ -12,7 +12,7 @@
 # ---
 
 # %% [markdown]
-# # 06 · ImageNet 64x64: the paper's run, from raw data to FID/IS
+# # 07 · ImageNet 64x64: the paper's run, from raw data to FID/IS
 #
 # **What you will learn**
 # - how the official downsampled-ImageNet files are laid out, and how to read pickled data without running code
@@ -20,7 +20,7 @@
 #   machines, and how to watch it
 # - how Table 1 is measured: FID and IS of 50,000 class-balanced guided samples per $w$
 #
-# **Assumes** notebooks 04 (FID and IS) and 05 (the same recipe on digits). **Takes** about 15 seconds on a CPU in
+# **Assumes** notebooks 04 (FID and IS) and 06 (the same recipe on digits). **Takes** about 15 seconds on a CPU in
 # stand-in mode (what CI runs and what the stored outputs show: files written in the official format, an
 # imagenet64-shaped network of ~80k parameters trained for two steps). **Run it with `CFGEDU_FAST=1`** unless you have
 # ImageNet prepared under `data/imagenet64` and GPUs: then the paper's 400k steps at batch 2048 take days on 8 GPUs;

@@ -219,12 +219,14 @@ def plot_tv_against_nfe(sweep: Sweep, fig=None):
 def plot_paths(ax, grid: Grid2D, background: torch.Tensor, points: torch.Tensor, lines: int = 12,
                title: str | None = None):
     """Sample paths (F, K, n, 2) over a grid density (n, n): the first `lines` paths of each class as lines from
-    noise (thin) to data, and every endpoint as a dot in its class colour; returns the ax."""
+    their start in the noise (a black ring) to the data, and every endpoint as a dot in its class colour; returns
+    the ax."""
     density_image(ax, grid, background, title=title, cmap="Greys")
     for c in range(points.shape[1]):
         colour = f"C{c}"
         for path in points[:, c, :lines].transpose(0, 1):  # (F, 2) each
             ax.plot(path[:, 0], path[:, 1], color=colour, lw=0.6, alpha=0.6)
+        ax.scatter(points[0, c, :lines, 0], points[0, c, :lines, 1], s=12, facecolors="none", edgecolors="k", lw=0.6)
         ax.scatter(points[-1, c, :, 0], points[-1, c, :, 1], s=3, color=colour, alpha=0.5, lw=0)
     h = grid.half_width
     ax.set(xlim=(-h, h), ylim=(-h, h))
