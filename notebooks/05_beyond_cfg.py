@@ -44,6 +44,7 @@ PATHS_PER_CLASS = 150 if FAST else 400  # samples per class in §4's sample path
 # %%
 import inspect
 from dataclasses import replace
+from itertools import groupby
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -95,10 +96,11 @@ config = SWEEPS["fast" if FAST else "full"]
 #   order, two evaluations a step (the last step, into $\lambda_{\max}$, stays first order as in EDM).
 # - **DPM-Solver++(2M)** keeps one evaluation a step and instead lets $\hat x$ vary linearly in the half log-SNR
 #   $\lambda/2$: the line through the last step's $\hat x_{i-1}$ and this step's $\hat x_i$, read off at the middle of
-#   this step. With step lengths $h_i = (\lambda_{i+1} - \lambda_i)/2$ and $r = h_{i-1}/h_i$ that is
-#   $D = \hat x_i + \frac{h_i/2}{h_{i-1}}(\hat x_i - \hat x_{i-1}) = \hat x_i + (\hat x_i - \hat x_{i-1})/(2r)$, then a
-#   DDIM step with $D$. Second order, as cheap as DDIM. The first step (no $\hat x_{i-1}$ yet) and the last are plain
-#   DDIM.
+#   this step (the middle to first order in the step; the exact weight of the exponential integrator sits a little
+#   later, and DPM-Solver++ uses the midpoint). With step lengths $h_i = (\lambda_{i+1} - \lambda_i)/2$ and $r =
+#   h_{i-1}/h_i$ that is $D = \hat x_i + \frac{h_i/2}{h_{i-1}}(\hat x_i - \hat x_{i-1}) = \hat x_i + (\hat x_i - \hat
+#   x_{i-1})/(2r)$, then a DDIM step with $D$. Second order, as cheap as DDIM. The first step (no $\hat x_{i-1}$ yet)
+#   and the last are plain DDIM.
 #
 # All three are a DDIM step fed a better $\hat x$; in the library they are one line each in the sampler loop:
 
@@ -136,7 +138,8 @@ display(Markdown(f"**w = 0** (the data)\n\n{nfe_table(nfe_sweep, 0.0)}"))
 # 22{,}000$, and its uniform-$u$ spacing makes the first step land at $\bar\sigma$ between about 2 (NFE 8) and 80
 # (NFE 256) (printed below). Compare the two solvers on that step. Along DDIM's prediction
 # $y' = \hat x + \bar\sigma'\hat\varepsilon$, the noise predicted at the end is
-# $\hat\varepsilon' = \hat\varepsilon + (\hat x - \hat x')/\bar\sigma'$, so Heun's end point differs from DDIM's by
+# $\hat\varepsilon' = \hat\varepsilon + (\hat x - \hat x')/\bar\sigma'$, with $\hat x'$ the network's $\hat x$ at that
+# predicted point, so Heun's end point differs from DDIM's by
 # $(\bar\sigma - \bar\sigma')(\hat x - \hat x')/(2\bar\sigma')$. DDIM errs only by treating $\hat x$ as constant over
 # the step; Heun multiplies the change of $\hat x$ by $(\bar\sigma - \bar\sigma')/(2\bar\sigma')$, a factor of 135 to
 # 4,600 on the first step, and at small NFE the samples never recover. The grid's first points:
@@ -148,8 +151,10 @@ for T in (5, 17, 65):
           [f"{s:.3g}" for s in torch.exp(-grid[:3] / 2).tolist()])
 
 # %% [markdown]
-# A solver's order is not the whole story: what matters is how well its assumption (here, $\hat\varepsilon$ nearly
-# constant in $\bar\sigma$) holds over the steps the grid actually takes. On EDM's range ($\bar\sigma$ from 80 down
+# A solver's order is not the whole story: what matters is how well its assumption holds over the steps the grid
+# actually takes. Heun assumes $\hat\varepsilon$ changes linearly in $\bar\sigma$ across a step; from $\bar\sigma =
+# 22{,}000$ it changes like $1/\bar\sigma$, and the DDIM form, which assumes only a constant $\hat x$, is the better
+# bet there. On EDM's range ($\bar\sigma$ from 80 down
 # to 0.002) Heun is far more accurate than DDIM at the same $T$; `tests/test_beyond_cfg.py` checks both facts.
 #
 # ## 3. Under guidance the samplers part ways
@@ -162,8 +167,8 @@ display(Markdown(f"**w = 3**\n\n{nfe_table(nfe_sweep, 3.0)}"))
 # %% [markdown]
 # As NFE grows, DDIM, Heun and DPM-Solver++(2M) all settle at TV 0.69 from $\pi_3$ (0.692, 0.696, 0.690 at NFE 256
 # in the stored run); they solve one ODE from the same starting noise, so their end points converge to the same
-# points. The ancestral sampler settles elsewhere, at 0.28. Neither is $\pi_3$, and more evaluations do not change
-# that.
+# points. The ancestral sampler ends elsewhere, at 0.28 by NFE 256 and still drifting down slowly (0.30 at NFE 64 and
+# 128). Neither comes near $\pi_3$ (floor 0.052), and more evaluations do not change that.
 #
 # At $w = 0$ all samplers agree because $\varepsilon^*$ is the score of one family of marginals $p_\lambda$, the ones
 # the forward diffusion produces; the ODE and the reverse SDE are two ways to transport exactly that family, so
@@ -211,7 +216,7 @@ ax.legend(fontsize=8)
 plt.show()
 
 # %% [markdown]
-# The paths part in the first third of the grid, between λ = −5.4 and λ ≈ −1, while $z$ is still mostly noise
+# The paths part from the very first step (λ from −20 to −5.4) until λ ≈ −1, while $z$ is still mostly noise
 # ($\alpha^2 = \text{sigmoid}(\lambda) < 0.27$); by λ ≈ −0.5 the guided samples sit 3.4 from the origin on average
 # (the class means are at 1), and the rest of the way they fall back to 2.9. The animation shows the same. The
 # background of each frame is $\rho_\lambda$ at that frame's λ, the density whose score the guided field is: at
@@ -245,12 +250,12 @@ player
 # Gaussian narrower than $p$: autoguidance would then lower the temperature.
 #
 # **APG, adaptive projected guidance** (Sadat et al. 2024). At large $w$ CFG oversaturates images. APG works on the
-# denoised prediction: with $\Delta = \hat x(z, c) - \hat x(z, \varnothing)$,
-# it (i) adds reverse momentum, $\Delta \leftarrow \Delta + \beta\,\bar\Delta$ with $\beta < 0$ and $\bar\Delta$ the
-# previous step's update (itself after momentum), (ii)
-# caps the norm, $\Delta \leftarrow \Delta\min(1, r/\lVert\Delta\rVert)$, and (iii) splits $\Delta$ into its part
-# parallel to $\hat x(z, c)$ and the rest, keeping only a fraction $\eta$ of the parallel part (which, in images,
-# mostly raises contrast and saturation):
+# denoised prediction: with $\Delta = \hat x(z, c) - \hat x(z, \varnothing)$, it (i) adds reverse momentum,
+# $\Delta \leftarrow \Delta + \beta\,\bar\Delta$ with $\beta < 0$ and $\bar\Delta$ the previous step's update (itself
+# after momentum), (ii) caps the norm at a threshold $r$ (not DPM-Solver's $r$),
+# $\Delta \leftarrow \Delta\min(1, r/\lVert\Delta\rVert)$, and (iii) splits $\Delta$ into its part parallel to
+# $\hat x(z, c)$ and the rest, keeping only a fraction $\eta$ of the parallel part (which, in images, mostly raises
+# contrast and saturation):
 #
 # $$\hat x = \hat x(z, c) + w\,(\Delta_\perp + \eta\,\Delta_\parallel).$$
 #
@@ -308,12 +313,29 @@ method_sweep = run_sweep(replace(config, p_unconds=(0.1,)), {0.1: main}, guide=w
 display(Markdown(method_table(method_sweep)))
 
 # %% [markdown]
+# The sweeps behind the matches: Bayes IS and per-class variance at each strength.
+
+# %%
+lines = ["| method | model | strength: IS (per-class variance) |", "|---|---|---|"]
+for (model, method), rows in groupby([r for r in method_sweep.rows if r["kind"] == "method" and not r["match"]],
+                                     key=lambda r: (r["model"], r["method"])):
+    lines.append(f"| {method} | {model} | " + ", ".join(f"{r['w']:g}: {r['is_bayes']:.2f} ({r['class_variance']:.2f})"
+                                                     for r in rows) + " |")
+display(Markdown("\n".join(lines)))
+half = run_sweep(replace(config, detail_steps=config.detail_steps // 2), mixture=mixture, parts=("methods",),
+                 progress=False)  # exact ε* only, every step twice as long
+for sweep in (method_sweep, half):
+    row = next(r for r in sweep.rows if r["match"] and r["model"] == "exact" and r["method"] == "cfg++")
+    print(f"CFG++ at T = {row['T']}: l = {row['w']:.3f} matches CFG's IS at w = 3 ({row['match']})")
+
+# %% [markdown]
 # What the table says, method by method (stored run):
 #
 # - **CFG++** reaches CFG's IS at $l \approx 0.15$ and lands where CFG-DDIM lands: TV to $\pi_3$ within a few
-#   hundredths of CFG's (0.735 against 0.695 with exact $\varepsilon^*$), a slightly narrower class. On this toy it is
-#   CFG with a reshaped, step-dependent strength, not a different target. As the algebra says, its strength is tied
-#   to the step size: the matched $l$ is 0.30 at $T = 64$ (fast mode) and 0.15 at $T = 128$, halving as the steps do.
+#   hundredths of CFG's (0.735 against 0.695 with exact $\varepsilon^*$), with narrower classes (variance 0.121 against
+#   0.161). On this toy it is CFG with a reshaped, step-dependent strength, not a different target. As the algebra
+#   says, its strength is tied to the step size: with half the steps its matched $l$ doubles (printed below the
+#   sweeps).
 # - **APG** never reaches CFG's IS: its IS stays near 2.25 for every $w$ from 3 to 24. On the toy, the direction that
 #   separates a class from the others points away from the origin, the centre of the triangle, and that is
 #   *parallel* to $\hat x(z, c)$: $\eta = 0$ removes most of the guidance. At its best it keeps more diversity than
@@ -324,9 +346,11 @@ display(Markdown(method_table(method_sweep)))
 #   says why. The weak MLP under-disperses (0.315 against the main model's 0.349), so guiding away from it pushes
 #   mass outward, the reverse of the sharpening a broader weak model would give. For Gaussians the guided precision
 #   is $(1 + w)/v_\text{main} - w/v_\text{weak}$: at $w = 3$ a variance of $1/(4/0.349 - 3/0.315) \approx 0.52$,
-#   against 0.49 measured. Karras et al.'s recipe needs a weak model whose errors are the main model's, only larger;
-#   which way a small, short-trained model errs decides what autoguidance does. Its guidance term, the difference of
-#   two networks, is far from a gradient: its relative curl is 38%, against 8.8% for CFG's term of the main model.
+#   against 0.49 measured. (The Gaussian picture holds only at small $w$: its precision turns negative near $w = 9$,
+#   where the real, non-Gaussian classes and the finite sampler still give a finite, if large, spread.) Karras et al.'s
+#   recipe needs a weak model whose errors are the main model's, only larger; which way a small, short-trained model
+#   errs decides what autoguidance does. Its guidance term, the difference of two networks, is far from a gradient: its
+#   relative curl is 38%, against 8.8% for CFG's term of the main model.
 #
 # None of this is tuned: the toy shows what each method does to a distribution whose every quantity is known, and
 # "no better than CFG here" is a finding, with its reason.
@@ -335,8 +359,8 @@ display(Markdown(method_table(method_sweep)))
 #
 # Pick a method and move its strength (the slider shows $w$ and $s = 1 + w$, or CFG++'s $l$); the right panel is
 # what it samples (DDIM, $T = 32$, exact $\varepsilon^*$; autoguidance with the learned pair), against the data
-# (left) and the target $\pi_w$ of the "target w" slider (middle). The title gives TV to that $\pi_w$, the Bayes
-# IS, FD and the per-class variance.
+# (left) and the target $\pi_w$ of the "target w" slider (middle). The title gives TV to that $\pi_w$; the label
+# under the panel, the Bayes IS, FD and the per-class variance.
 
 # %%
 GuidanceMethodsWidget(mixture, mixture, guide=None, per_class=150 if FAST else 600)
@@ -370,7 +394,8 @@ GuidanceMethodsWidget(as_float64(main), mixture, guide=as_float64(weak), method=
 #   generator=make_generator(1), steps=T, method="heun", schedule=LogSNRSchedule(-8.76, 12.43),
 #   dtype=torch.float64)` (with `labels = torch.arange(3).repeat_interleave(200)` and
 #   `from cfgedu.core.tensors import make_generator`) for T = 9, 17, 33, and measure the mean distance of the
-#   end points to a 2,048-step `method="dpm++2m"` run from the same seed; then repeat with the default schedule. This
+#   end points to a 2,048-step `method="dpm++2m"` run from the same seed on the same schedule; then repeat both
+#   with the default schedule. This
 #   keeps the uniform-$u$ spacing on EDM's range; EDM's own grid also spaces the steps differently.
 #
 # ## References

@@ -51,7 +51,7 @@ def ddim_step(z: torch.Tensor, x_hat: torch.Tensor, lam: torch.Tensor, lam_next:
 
 def heun_x_hat(eps_model: EpsModel, z: torch.Tensor, x_hat: torch.Tensor, lam: torch.Tensor,
                lam_next: torch.Tensor, c: torch.Tensor, clip_x: float | None) -> torch.Tensor:
-    """Heun's x̂ for the step λ → λ': with y = z/α and s = σ/α = e^{−λ/2} the ODE is dy/ds = ε, so the trapezoid
+    """Heun's x̂ for the step λ → λ': with y = z/α and σ̄ = σ/α = e^{−λ/2} the ODE is dy/dσ̄ = ε, so the trapezoid
     rule averages ε at the start and at the DDIM (Euler) prediction z'_pred of the end: x̂ = (z − σ (ε + ε')/2)/α."""
     eps = x_to_eps(z, x_hat, lam)
     predicted = ddim_step(z, x_hat, lam, lam_next)
