@@ -116,7 +116,7 @@ config = {"full": SWEEPS["full"],
 runs = {p: toy_experiment("mlp", config.train_steps, p_uncond=p, seed=config.seed) for p in config.p_unconds}
 models = {p: train_experiment(experiment, Path(OUT) / f"p_uncond={p:g}", preset_name="toy",
                               progress=False).ema.eval() for p, experiment in runs.items()}
-sweep = run_sweep(config, models, mixture=mixture, parts=("tradeoff",), progress=False)  # samplers by NFE, methods: 05
+sweep = run_sweep(config, models, mixture=mixture, parts=("tradeoff",), progress=False)  # NFE, methods: notebook 05
 print(f"{len(sweep.rows)} rows in {sweep.seconds:.0f} s")
 
 # %% [markdown]
@@ -259,6 +259,9 @@ GuidanceIntervalWidget(GaussianMixture.two_modes(), w=3.0, per_class=150 if FAST
 # - Even with exact scores, CFG does not sample $\pi_w$; the ideal sampler (exact ε of the noised target) and MALA at
 #   the data level do. Both need quantities a trained CFG model does not have.
 # - Guidance at high noise decides which mode a sample joins; that is where CFG distorts the mode shares most.
+#
+# Next, notebook 05 puts faster samplers and the guidance methods that came after the paper on this same toy, with
+# the same metrics.
 #
 # ## Try this
 # - In the interval slider, set `w = 8` and the interval to `[-20, -5]`: how far do the mode shares move with
