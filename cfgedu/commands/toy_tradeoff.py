@@ -7,16 +7,16 @@ from ._paths import output_folder
 from ._threads import TOY_THREADS, add_threads_argument, set_threads
 
 HELP = ("Sweep the guidance strength w (paper's w; scale s = 1 + w), p_uncond of learned toy MLPs and the number "
-        "of sampling steps T; time four samplers against their number of network evaluations (NFE); sweep the "
-        "guidance methods that followed CFG (autoguidance, APG, CFG++) and measure each where its IS matches CFG's "
-        "at w = 3. Writes tradeoff.csv, Markdown tables shaped like the paper's Tables 1-2 and of the samplers and "
-        "methods, the FD-vs-IS and TV-vs-NFE plots and boundary-push histograms. Learned models (and the weak "
-        "model that autoguides them) are trained once and cached in OUT/models.")
+        "of sampling steps T; measure four samplers' TV to the target against their number of network evaluations "
+        "(NFE); sweep the guidance methods that followed CFG (autoguidance, APG, CFG++) and measure each where its IS "
+        "matches CFG's at w = 3. Writes tradeoff.csv, Markdown tables shaped like the paper's Tables 1-2 and of the "
+        "samplers and methods, the FD-vs-IS and TV-vs-NFE plots and boundary-push histograms. Learned models (and the "
+        "weak model that autoguides them) are trained once and cached in OUT/models.")
 
 
 def add_arguments(parser):
     parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument("--fast", action="store_true", help="a CI-sized sweep (about a minute)")
+    parser.add_argument("--fast", action="store_true", help="a CI-sized sweep (under a minute)")
     parser.add_argument("--train-steps", type=int, default=None, help="training steps of each learned MLP")
     parser.add_argument("--seed", type=int, default=None, help="seed of training and sampling")
     add_threads_argument(parser, TOY_THREADS)
