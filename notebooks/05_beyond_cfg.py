@@ -28,7 +28,7 @@
 #
 # **Assumes** notebooks 01 (the tilted target $\pi_w$ and the density $\rho_\lambda$ whose score CFG follows), 03
 # (curl) and 04 (TV to $\pi_w$ and its noise floor, the Fréchet distance FD, the Bayes IS, the samplers).
-# **Takes** about 30 seconds in fast mode and about 3 minutes in full mode (the default, and what the stored outputs
+# **Takes** about 25 seconds in fast mode and about 3 minutes in full mode (the default, and what the stored outputs
 # show) on a 2-core CPU. `python -m cfgedu toy-tradeoff --out DIR` runs the same sweeps from the command line. The
 # numbers quoted in the text are those of the stored full run.
 
@@ -56,7 +56,7 @@ from cfgedu.commands.toy_tradeoff import learned_models, weak_model
 from cfgedu.core import samplers
 from cfgedu.core.schedule import LogSNRSchedule
 from cfgedu.core.tensors import make_generator
-from cfgedu.frontend.plotting import paths_animation, plot_paths, plot_tv_against_nfe
+from cfgedu.frontend.plotting import paths_animation, plot_path_frames, plot_paths, plot_tv_against_nfe
 from cfgedu.frontend.widgets import GuidanceMethodsWidget
 from cfgedu.toy.fields import as_float64
 from cfgedu.toy.grid import Grid2D, mix, tilted_densities
@@ -218,12 +218,20 @@ plt.show()
 # %% [markdown]
 # The paths part from the very first step (λ from −20 to −5.4) until λ ≈ −1, while $z$ is still mostly noise
 # ($\alpha^2 = \text{sigmoid}(\lambda) < 0.27$); by λ ≈ −0.5 the guided samples sit 3.4 from the origin on average
-# (the class means are at 1), and the rest of the way they fall back to 2.9. The animation shows the same. The
-# background of each frame is $\rho_\lambda$ at that frame's λ, the density whose score the guided field is: at
-# $w = 8$ its classes separate while the data is still mostly noise.
+# (the class means are at 1), and the rest of the way they fall back to 2.9. Six frames of the same run show it
+# over the noised densities: the background of each frame is $\rho_\lambda$ at that frame's λ, the density whose
+# score the guided field is (at $w = 0$, $p_\lambda$ itself). At $w = 8$ its classes separate while the data is still
+# mostly noise.
 
 # %%
 backgrounds = [level_densities(mixture, grid, w, paths.levels) for w in paths.ws]
+plot_path_frames(grid, paths, backgrounds, [0, 2, 5, 9, 16, 24])
+plt.show()
+
+# %% [markdown]
+# And as an animation (play it in JupyterLab; a code host shows the stills above):
+
+# %%
 animation = paths_animation(grid, paths, backgrounds)
 with plt.rc_context({"animation.frame_format": "jpeg", "savefig.dpi": 60}):
     player = HTML(animation.to_jshtml(default_mode="once"))

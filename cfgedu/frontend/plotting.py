@@ -265,3 +265,20 @@ def paths_animation(grid: Grid2D, paths, backgrounds: list[torch.Tensor], trail:
 
     fig.tight_layout()
     return FuncAnimation(fig, draw, frames=frames, interval=150, blit=False)
+
+
+def plot_path_frames(grid: Grid2D, paths, backgrounds: list[torch.Tensor], frames: list[int]):
+    """Snapshots of the samples at the given frames, one row per w of `paths` (cfgedu.toy.trajectories.Paths), each
+    over its noised density (F, n, n) at that frame: the animation as a still figure; returns the figure."""
+    fig, axes = plt.subplots(len(paths.ws), len(frames), figsize=(2.1 * len(frames), 2.3 * len(paths.ws)),
+                             squeeze=False)
+    h = grid.half_width
+    for row, w, points, background in zip(axes, paths.ws, paths.points, backgrounds, strict=True):
+        for ax, frame in zip(row, frames, strict=True):
+            density_image(ax, grid, background[frame], cmap="Greys",
+                          title=f"w = {w:g}, λ = {paths.levels[frame].item():.1f}")
+            for c in range(points.shape[1]):
+                ax.scatter(points[frame, c, :, 0], points[frame, c, :, 1], s=2, color=f"C{c}", lw=0, alpha=0.6)
+            ax.set(xlim=(-h, h), ylim=(-h, h))
+    fig.tight_layout()
+    return fig
