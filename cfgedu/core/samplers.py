@@ -102,7 +102,8 @@ def sample(eps_model: EpsModel, data_shape: tuple[int, ...], c: torch.Tensor, *,
     Labels are checked against num_classes (or eps_model.num_classes) when known.
     `corrector(z, lam, c, generator) -> z`, if given, is applied after every step at the λ the new state
     belongs to (λ_{t+1}, and λ_T for the final x̂), e.g. Langevin/MALA steps (see cfgedu.toy.correctors).
-    `renoise(z, lam, c) -> ε`, if given, is the ε a DDIM step renoises x̂ with (CFG++, guidance_methods.cfg_plus_plus).
+    `renoise(z, lam, c) -> ε`, if given, is the ε a DDIM step renoises x̂ with (CFG++: CFGPlusPlus.renoise in
+    guidance_methods).
     """
     steps = check_positive_int("steps", steps)
     v = check_in_range("v", v, 0.0, 1.0)

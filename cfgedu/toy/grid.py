@@ -71,6 +71,19 @@ def tilted_densities(mixture: GaussianMixture, grid: Grid2D, w: float) -> torch.
     return cfg_densities(mixture, grid, w)
 
 
+class TiltedTargets:
+    """tilted_densities(mixture, grid, w) computed once per w: call it with w for the (K, n, n) targets."""
+
+    def __init__(self, mixture: GaussianMixture, grid: Grid2D):
+        self.mixture, self.grid = mixture, grid
+        self._by_w: dict[float, torch.Tensor] = {}
+
+    def __call__(self, w: float) -> torch.Tensor:
+        if w not in self._by_w:
+            self._by_w[w] = tilted_densities(self.mixture, self.grid, w)
+        return self._by_w[w]
+
+
 def mix(mixture: GaussianMixture, densities: torch.Tensor) -> torch.Tensor:
     """Σ_c π_c densities[c]: the mixture of guided conditionals shown in Figure 2, (n, n)."""
     return torch.einsum("k,kyx->yx", mixture.class_weights, densities)

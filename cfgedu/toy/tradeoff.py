@@ -28,7 +28,7 @@ from ..core.schedule import LogSNRSchedule
 from ..core.tensors import make_generator
 from .beyond_cfg import guidance_term_curl, matched_strength
 from .correctors import LangevinCorrector
-from .grid import Grid2D, HistogramTV, sample_from_grid, tilted_densities
+from .grid import Grid2D, HistogramTV, TiltedTargets, sample_from_grid
 from .ideal import IdealTiltedModel
 from .metrics import (
     bayes_inception_score,
@@ -173,14 +173,8 @@ class Evaluator:
         self.classifier = fit_logistic_classifier(train, torch.arange(mixture.num_classes).repeat_interleave(2000))
         self.data = mixture.sample(config.metric_points, None, generator)  # (M, 2) reference for P/R, MMD
         self.generator = generator
-        self._targets: dict[float, torch.Tensor] = {}
+        self.target = TiltedTargets(mixture, self.grid)  # w -> π_w(x|c) on the grid for every class, (K, n, n)
         self._floors: dict[tuple[float, int], float] = {}
-
-    def target(self, w: float) -> torch.Tensor:
-        """π_w(x|c) on the grid for every class, (K, n, n)."""
-        if w not in self._targets:
-            self._targets[w] = tilted_densities(self.mixture, self.grid, w)
-        return self._targets[w]
 
     def floor(self, w: float, n: int) -> float:
         """Mean over classes of the TV of n exact draws from π_w(x|c)."""
@@ -238,10 +232,6 @@ class Job:
     tv_w: float | None = None
     match: str = ""  # "is": the strength matching CFG's IS at match_w; "max-is": none does, the best one
 
-    @property
-    def key(self) -> tuple:
-        return (self.model, self.p_uncond, self.spec, self.T, self.w, self.kind, self.method, self.tv_w, self.match)
-
 
 def _jobs(config: SweepConfig, learned: dict[float, EpsModel], guide: EpsModel | None,
           parts: tuple[str, ...]) -> list[Job]:
@@ -254,7 +244,7 @@ def _jobs(config: SweepConfig, learned: dict[float, EpsModel], guide: EpsModel |
         jobs += [Job(model, p, SAMPLERS["ddim"], config.detail_steps, w, "method", method, config.match_w)
                  for model, p, method in _method_models(config, learned, guide)
                  for w in dict(config.method_strengths)[method]]
-    return list({job.key: job for job in jobs}.values())
+    return list(dict.fromkeys(jobs))  # a frozen Job is its own key: each distinct one once, in order
 
 
 def _tradeoff_jobs(config: SweepConfig, learned: dict[float, EpsModel]) -> list[Job]:

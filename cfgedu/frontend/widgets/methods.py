@@ -8,7 +8,7 @@ import torch
 from ...core.guidance import EpsModel
 from ...core.guidance_methods import Guidance
 from ...core.tensors import make_generator
-from ...toy.grid import Grid2D, HistogramTV, mix, tilted_densities
+from ...toy.grid import Grid2D, HistogramTV, TiltedTargets, mix
 from ...toy.metrics import bayes_inception_score, class_variance, frechet_pooled
 from ...toy.mixture import GaussianMixture
 from ...toy.sampling import class_samples
@@ -38,7 +38,7 @@ class GuidanceMethodsWidget(SliderPanel):
         self.eps_model, self.mixture, self.guide = eps_model, mixture, guide
         self.per_class, self.steps, self.seed = per_class, steps, seed
         self.grid = Grid2D.covering(mixture, n=bins * 4)
-        self.histogram, self.targets = HistogramTV(self.grid, bins), {}
+        self.histogram, self.target = HistogramTV(self.grid, bins), TiltedTargets(mixture, self.grid)
         methods = [name for name in STRENGTHS if name != "autoguidance" or guide is not None]
         chooser = ipywidgets.ToggleButtons(options=methods, value=method, description="method")
         high, step, value = STRENGTHS[method]
@@ -47,7 +47,7 @@ class GuidanceMethodsWidget(SliderPanel):
         self.label = ipywidgets.Label()
         self.label.add_class("cfgedu-w-readout")
         super().__init__({"method": chooser, "w": strength, "target": target}, FigureView(3), self.label)
-        data = mix(mixture, tilted_densities(mixture, self.grid, 0.0))
+        data = mix(mixture, self.target(0.0))
         density_image(self.view.axes[0], self.grid, data, title="the data p(x)")
         self.target_image = density_image(self.view.axes[1], self.grid, data)
         self.sample_image = density_image(self.view.axes[2], Grid2D(self.grid.half_width, bins), data)
@@ -62,11 +62,6 @@ class GuidanceMethodsWidget(SliderPanel):
         slider = self.sliders["w"]
         with slider.hold_trait_notifications():
             slider.max, slider.step, slider.value = high, step, value
-
-    def target(self, w: float) -> torch.Tensor:
-        if w not in self.targets:
-            self.targets[w] = tilted_densities(self.mixture, self.grid, w)
-        return self.targets[w]
 
     def samples(self, method: str, strength: float) -> torch.Tensor:
         """(K, N, 2) DDIM samples of the method at this strength."""

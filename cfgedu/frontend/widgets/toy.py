@@ -15,7 +15,7 @@ from ...toy.fields import (
     implicit_classifier_gradient,
     level_field,
 )
-from ...toy.grid import Grid2D, HistogramTV, mix, normalize, tilted_densities
+from ...toy.grid import Grid2D, HistogramTV, TiltedTargets, mix, normalize
 from ...toy.metrics import bayes_inception_score, frechet_pooled, mode_shares
 from ...toy.mixture import GaussianMixture
 from ...toy.sampling import class_samples
@@ -303,8 +303,7 @@ class GuidanceIntervalWidget(SliderPanel):
         self.mixture, self.per_class, self.steps, self.seed = mixture, per_class, steps, seed
         self.grid = Grid2D.covering(mixture, n=bins * 4)
         self.histogram = HistogramTV(self.grid, bins)
-        self.targets = {}
-        self._tilted = lambda value: tilted_densities(mixture, self.grid, value)
+        self.target = TiltedTargets(mixture, self.grid)
         slider = w_slider(w, low=0.0, high=8.0)
         interval_slider = ipywidgets.FloatRangeSlider(value=interval, min=-20.0, max=20.0, step=0.5,
                                                       description="λ interval", readout_format=".1f")
@@ -315,11 +314,6 @@ class GuidanceIntervalWidget(SliderPanel):
         self.update()  # the titles first, so that the layout leaves room for them
         self.view.figure.tight_layout()
         self._on_change()
-
-    def target(self, w: float) -> torch.Tensor:
-        if w not in self.targets:
-            self.targets[w] = self._tilted(w)
-        return self.targets[w]
 
     def samples(self, w: float, low: float, high: float) -> torch.Tensor:
         """(K, N, 2) CFG samples with guidance w on [low, high] and none outside."""
